@@ -1,0 +1,1 @@
+"""Experiments: YAML configs → runs → metrics files (and, later, comparisons and reports)."""

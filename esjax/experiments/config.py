@@ -1,0 +1,184 @@
+"""Experiment configs: YAML files → validated :class:`ExperimentConfig` dataclasses.
+
+A config names a strategy with its hyperparameters, a problem, a budget and a seed::
+
+    name: sphere_openai_es
+    seed: 0
+    generations: 1000
+    strategy:
+      name: openai_es
+      population_size: 64
+      sigma: 0.1
+      optimizer: {name: adam, learning_rate: 0.05}
+    problem:
+      name: sphere
+      num_dims: 100
+      x0: 1.0
+
+Unknown keys and wrong types are errors whose message lists the valid choices, raised before
+anything is compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optax
+import yaml
+
+from esjax.base import Strategy, check_int
+from esjax.strategies import get_strategy
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """A validated experiment.
+
+    Attributes:
+      name: run name; outputs go to ``<output_dir>/<name>/``.
+      strategy: ``{"name": ..., **factory kwargs}``.
+      problem: ``{"name": ..., **problem kwargs}``.
+      generations: number of generations to run (>= 1).
+      seed: integer seed for every PRNG key of the run.
+      log_every: generations per scanned chunk / metrics flush (default ~20 chunks).
+      batch_size: evaluate the population in chunks of this many members.
+      checkpoint_every: save a checkpoint every this many generations (0: never).
+      output_dir: parent folder of the run folder.
+    """
+
+    name: str
+    strategy: dict
+    problem: dict
+    generations: int
+    seed: int = 0
+    log_every: int | None = None
+    batch_size: int | None = None
+    checkpoint_every: int = 0
+    output_dir: str = "results"
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "strategy": (dict,),
+    "problem": (dict,),
+    "generations": (int,),
+    "seed": (int,),
+    "log_every": (int, type(None)),
+    "batch_size": (int, type(None)),
+    "checkpoint_every": (int,),
+    "output_dir": (str,),
+}
+
+
+def _check_keys(section: str, given: dict, valid: list[str]) -> None:
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {section}; valid keys are {sorted(valid)}")
+
+
+def parse_config(raw: dict) -> ExperimentConfig:
+    """Validate a config dict (as loaded from YAML) and build an :class:`ExperimentConfig`."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"a config must be a mapping at the top level, got {type(raw).__name__}")
+    fields = [f.name for f in dataclasses.fields(ExperimentConfig)]
+    _check_keys("the config", raw, fields)
+    required = [
+        f.name for f in dataclasses.fields(ExperimentConfig) if f.default is dataclasses.MISSING
+    ]
+    missing = [name for name in required if name not in raw]
+    if missing:
+        raise ValueError(f"config is missing required key(s) {missing}")
+    for key, value in raw.items():
+        types = _TYPES[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise TypeError(f"config key {key!r} must be {names}, got {type(value).__name__}")
+    config = ExperimentConfig(**raw)
+    check_int("generations", config.generations, 1)
+    check_int("checkpoint_every", config.checkpoint_every, 0)
+    for section in ("strategy", "problem"):
+        if "name" not in getattr(config, section):
+            raise ValueError(f"config section {section!r} needs a 'name'")
+    validate_strategy_section(config.strategy)
+    return config
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
+    """Read a YAML config file, apply top-level ``overrides``, and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    with path.open() as handle:
+        raw = yaml.safe_load(handle)
+    if isinstance(raw, dict) and overrides:
+        raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
+    return parse_config(raw)
+
+
+def build_optimizer(spec: dict | optax.GradientTransformation) -> optax.GradientTransformation:
+    """``{"name": "adam", "learning_rate": 0.01}`` → ``optax.adam(learning_rate=0.01)``."""
+    if isinstance(spec, optax.GradientTransformation):
+        return spec
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise TypeError("optimizer must be a mapping with a 'name' (an optax optimizer)")
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    if isinstance(kwargs.get("learning_rate"), dict):
+        kwargs["learning_rate"] = build_schedule(kwargs["learning_rate"])
+    factory = getattr(optax, spec["name"], None)
+    if not callable(factory):
+        raise ValueError(
+            f"optimizer name must be an optax optimizer such as 'adam', 'sgd', 'adamw'; "
+            f"got {spec['name']!r}"
+        )
+    _check_keys(f"optimizer {spec['name']!r}", kwargs, list(inspect.signature(factory).parameters))
+    return factory(**kwargs)
+
+
+def build_schedule(spec: dict) -> optax.Schedule:
+    """``{"schedule": "exponential_decay", "init_value": 0.05, ...}`` → an optax schedule."""
+    if "schedule" not in spec:
+        raise ValueError("a learning_rate mapping needs a 'schedule' (an optax schedule name)")
+    kwargs = {k: v for k, v in spec.items() if k != "schedule"}
+    factory = getattr(optax.schedules, spec["schedule"], None)
+    if not callable(factory):
+        raise ValueError(
+            "schedule must be an optax schedule such as 'exponential_decay' or "
+            f"'cosine_decay_schedule'; got {spec['schedule']!r}"
+        )
+    _check_keys(
+        f"schedule {spec['schedule']!r}", kwargs, list(inspect.signature(factory).parameters)
+    )
+    return factory(**kwargs)
+
+
+def _factory_arguments(factory: Callable) -> list[str]:
+    return [
+        p.name
+        for p in inspect.signature(factory).parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+
+
+def validate_strategy_section(section: dict) -> None:
+    """Check the strategy name and that every other key is an argument of its factory."""
+    factory = get_strategy(section["name"])
+    kwargs = {k: v for k, v in section.items() if k != "name"}
+    _check_keys(f"strategy {section['name']!r}", kwargs, _factory_arguments(factory))
+
+
+def build_strategy(section: dict) -> Strategy:
+    """Build the strategy a config section describes (``optimizer`` mappings become optax)."""
+    validate_strategy_section(section)
+    kwargs = {k: v for k, v in section.items() if k != "name"}
+    if "optimizer" in kwargs and kwargs["optimizer"] is not None:
+        kwargs["optimizer"] = build_optimizer(kwargs["optimizer"])
+    return get_strategy(section["name"])(**kwargs)
+
+
+def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
+    """The config as a plain dict (for ``summary.json``)."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,83 @@
+"""Config ``problem`` sections → fitness functions and initial solutions.
+
+``PROBLEMS`` maps a problem name to a builder ``(kwargs, key) -> ProblemSetup``; tasks beyond the
+classic functions (Flax models on data, control) register builders here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from esjax.problems.functions import FUNCTIONS, make_problem
+
+
+class ProblemSetup(NamedTuple):
+    """What a run needs from its problem.
+
+    Attributes:
+      fitness_fn: scores one member shaped like ``x0`` (minimised).
+      x0: the initial solution (flat vector or pytree).
+      fitness_takes_key: whether ``fitness_fn`` takes a per-generation key.
+      report: ``best_params -> dict`` of final numbers for ``summary.json`` (e.g. test accuracy).
+    """
+
+    fitness_fn: Callable
+    x0: Any
+    fitness_takes_key: bool = False
+    report: Callable[[Any], dict] | None = None
+
+
+def build_function_problem(
+    name: str,
+    key: jax.Array,
+    num_dims: int,
+    x0: float | list[float] = 1.0,
+    shift_scale: float = 0.0,
+    rotate: bool = False,
+) -> ProblemSetup:
+    """A classic test function from :mod:`esjax.problems.functions`.
+
+    ``x0`` is a scalar (filled to ``num_dims``) or a list of ``num_dims`` numbers.
+    """
+    problem = make_problem(name, num_dims, key=key, shift_scale=shift_scale, rotate=rotate)
+    start = jnp.broadcast_to(jnp.asarray(x0, jnp.float32), (problem.num_dims,))
+
+    def report(best_solution) -> dict:
+        return {"distance_to_optimum": float(jnp.linalg.norm(best_solution - problem.x_opt))}
+
+    return ProblemSetup(fitness_fn=problem.fitness, x0=start, report=report)
+
+
+PROBLEMS: dict[str, Callable[..., ProblemSetup]] = {
+    name: (lambda key, _name=name, **kwargs: build_function_problem(_name, key, **kwargs))
+    for name in FUNCTIONS
+}
+_PROBLEM_SIGNATURES: dict[str, Callable] = {name: build_function_problem for name in FUNCTIONS}
+
+
+def register_problem(name: str, builder: Callable[..., ProblemSetup]) -> None:
+    """Register ``builder(key, **kwargs) -> ProblemSetup`` under ``name`` for configs."""
+    PROBLEMS[name] = builder
+    _PROBLEM_SIGNATURES[name] = builder
+
+
+def build_problem(section: dict, key: jax.Array) -> ProblemSetup:
+    """Build the problem a config section names; unknown names/keys list the valid ones."""
+    name = section.get("name")
+    if name not in PROBLEMS:
+        raise ValueError(f"problem name must be one of {sorted(PROBLEMS)}, got {name!r}")
+    kwargs = {k: v for k, v in section.items() if k != "name"}
+    valid = [
+        p
+        for p in inspect.signature(_PROBLEM_SIGNATURES[name]).parameters
+        if p not in ("name", "key")
+    ]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in problem {name!r}; valid keys are {valid}")
+    return PROBLEMS[name](key, **kwargs)

@@ -1,0 +1,230 @@
+"""OpenAI-ES: natural evolution strategies with a fixed isotropic search distribution.
+
+Reference: Salimans, Ho, Chen, Sidor & Sutskever, "Evolution Strategies as a Scalable Alternative
+to Reinforcement Learning", 2017, arXiv:1703.03864.
+
+Each generation samples ``n = population_size`` members around the mean ``θ``::
+
+    x_i = θ + σ ε_i,        ε_i ~ N(0, I)           (antithetic: ε_{i + n/2} = -ε_i)
+
+and estimates the gradient of the Gaussian-smoothed objective ``E[f(θ + σ ε)]`` as::
+
+    g = 1 / (n σ) Σ_i u_i ε_i,     u = centered_ranks(f + λ ||x||²)
+
+where ``λ`` is ``weight_decay``. ``g`` is handed to an optax optimizer (default Adam), which
+*descends* it, so the strategy minimises ``f``. ``σ`` decays geometrically to ``sigma_limit``.
+
+Noise and memory. Member ``i``'s noise is ``normal(fold_in(key, i mod n/2))`` (negated for the
+mirrored half), a function of ``(key, i)`` alone: any device can regenerate exactly its own
+members, which is what makes a sharded run reproduce a single-device one. No noise is stored:
+``tell`` recovers ``ε_i = (x_i - θ) / σ`` from the population it is given, so the only
+``(population_size, num_dims)`` array alive in a generation is the population itself, and the
+state holds O(num_dims) memory (mean, optimizer moments, best solution).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from esjax import shaping
+from esjax.base import (
+    Strategy,
+    StrategyState,
+    check_fitness,
+    check_int,
+    check_params,
+    check_population,
+    check_range,
+    init_best,
+    params_to_arrays,
+    update_best,
+)
+from esjax.flatten import flatten_x0
+
+FITNESS_SHAPINGS = ("centered_ranks", "z_score", "raw")
+
+
+@struct.dataclass
+class OpenAIESParams:
+    """Numeric hyperparameters (state leaves, so they can be vmapped over).
+
+    Attributes:
+      sigma: initial noise standard deviation ``σ`` (> 0).
+      sigma_decay: multiplicative decay of ``σ`` per generation, in (0, 1].
+      sigma_limit: floor for ``σ`` (>= 0).
+      weight_decay: L2 coefficient ``λ`` added to the fitness before shaping (>= 0).
+    """
+
+    sigma: float | jax.Array = 0.05
+    sigma_decay: float | jax.Array = 1.0
+    sigma_limit: float | jax.Array = 0.0
+    weight_decay: float | jax.Array = 0.0
+
+
+PARAM_RANGES = {
+    "sigma": (0.0, None, False, True),
+    "sigma_decay": (0.0, 1.0, False, True),
+    "sigma_limit": (0.0, None),
+    "weight_decay": (0.0, None),
+}
+
+
+@struct.dataclass
+class OpenAIESState(StrategyState):
+    """OpenAI-ES state: search mean, current σ, optimizer state and hyperparameters."""
+
+    mean: jax.Array
+    sigma: jax.Array
+    opt_state: optax.OptState
+    params: OpenAIESParams
+
+
+def perturbations(
+    key: jax.Array,
+    indices: jax.Array,
+    num_dims: int,
+    population_size: int,
+    antithetic: bool,
+    dtype=jnp.float32,
+) -> jax.Array:
+    """Standard-normal noise ``ε_i`` for the members ``indices`` (a function of ``(key, i)``).
+
+    Args:
+      key: the generation's key (as passed to ``ask``).
+      indices: ``(k,)`` int member indices in ``[0, population_size)``.
+
+    Returns:
+      ``(k, num_dims)`` noise; with ``antithetic``, members ``i`` and ``i + n/2`` are mirrored.
+    """
+    half = population_size // 2
+    if antithetic:
+        base, sign = indices % half, jnp.where(indices < half, 1.0, -1.0)
+    else:
+        base, sign = indices, jnp.ones(indices.shape)
+
+    def one(i, s):
+        return s.astype(dtype) * jax.random.normal(jax.random.fold_in(key, i), (num_dims,), dtype)
+
+    return jax.vmap(one)(base, sign)
+
+
+def openai_es(
+    population_size: int,
+    sigma: float = 0.05,
+    learning_rate: float | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    sigma_decay: float = 1.0,
+    sigma_limit: float = 0.0,
+    weight_decay: float = 0.0,
+    antithetic: bool = True,
+    fitness_shaping: str = "centered_ranks",
+) -> Strategy:
+    """Build OpenAI-ES (Salimans et al. 2017).
+
+    Args:
+      population_size: members per generation (>= 2; even when ``antithetic``).
+      sigma: initial noise scale ``σ`` (> 0). The default 0.05 suits neural-network weights.
+      learning_rate: Adam learning rate when ``optimizer`` is not given (default 0.01).
+      optimizer: any optax transformation; it receives the ES gradient estimate.
+        To vmap over its learning rate, wrap it with ``optax.inject_hyperparams``.
+      sigma_decay: ``σ ← max(σ · sigma_decay, sigma_limit)`` after each generation, in (0, 1].
+      sigma_limit: floor for ``σ`` (>= 0).
+      weight_decay: ``λ`` in the shaped fitness ``f + λ ||x||²`` (>= 0).
+      antithetic: mirrored sampling ``ε_{i+n/2} = -ε_i`` (halves the noise variance of ``g``).
+      fitness_shaping: ``"centered_ranks"`` (default), ``"z_score"`` or ``"raw"``.
+
+    Returns:
+      A :class:`~esjax.base.Strategy` that minimises.
+
+    Example:
+      >>> es = openai_es(population_size=64, sigma=0.1, learning_rate=0.05)
+      >>> state = es.init(jax.random.key(0), jnp.ones(10))
+      >>> population, state = es.ask(jax.random.key(1), state)
+      >>> state = es.tell(state, population, jnp.sum(population**2, axis=1))
+    """
+    population_size = check_int("population_size", population_size, 2)
+    if antithetic and population_size % 2:
+        raise ValueError(
+            f"population_size must be even when antithetic=True, got {population_size}"
+        )
+    if fitness_shaping not in FITNESS_SHAPINGS:
+        raise ValueError(
+            f"fitness_shaping must be one of {FITNESS_SHAPINGS}, got {fitness_shaping!r}"
+        )
+    if optimizer is not None and learning_rate is not None:
+        raise ValueError("learning_rate is only used when optimizer is None; pass one of them")
+    if learning_rate is not None:
+        check_range("learning_rate", learning_rate, 0.0, None, low_inclusive=False)
+    if optimizer is None:
+        optimizer = optax.adam(0.01 if learning_rate is None else learning_rate)
+    default_params = OpenAIESParams(
+        sigma=sigma, sigma_decay=sigma_decay, sigma_limit=sigma_limit, weight_decay=weight_decay
+    )
+    check_params(default_params, PARAM_RANGES)
+
+    def init(key: jax.Array, x0, params: OpenAIESParams | None = None) -> OpenAIESState:
+        del key  # the initial state is deterministic
+        params = default_params if params is None else params
+        check_params(params, PARAM_RANGES)
+        mean, spec = flatten_x0(x0)
+        best_solution, best_fitness = init_best(mean)
+        return OpenAIESState(
+            best_solution=best_solution,
+            best_fitness=best_fitness,
+            generation=jnp.array(0, jnp.int32),
+            spec=spec,
+            mean=mean,
+            sigma=jnp.asarray(params.sigma, mean.dtype),
+            opt_state=optimizer.init(mean),
+            params=params_to_arrays(params, mean.dtype),
+        )
+
+    def ask(key: jax.Array, state: OpenAIESState) -> tuple[jax.Array, OpenAIESState]:
+        indices = jnp.arange(population_size)
+        noise = perturbations(
+            key, indices, state.num_dims, population_size, antithetic, state.mean.dtype
+        )
+        return state.mean + state.sigma * noise, state
+
+    def tell(state: OpenAIESState, population: jax.Array, fitness: jax.Array) -> OpenAIESState:
+        fitness = check_fitness(fitness, population_size)
+        check_population(population, population_size, state.num_dims)
+        shaped = shaping.sanitize(fitness)
+        shaped = shaped + shaping.l2_penalty(population, state.params.weight_decay)
+        if fitness_shaping == "centered_ranks":
+            weights = shaping.centered_ranks(shaped)
+        elif fitness_shaping == "z_score":
+            weights = shaping.z_score(shaped)
+        else:
+            finite = jnp.isfinite(shaped)
+            worst = jnp.max(jnp.where(finite, shaped, -jnp.inf))
+            weights = jnp.where(finite, shaped, jnp.where(jnp.isfinite(worst), worst, 0.0))
+        weights = weights.astype(state.mean.dtype)
+        # g = 1/(nσ) Σ u_i ε_i with ε_i = (x_i - θ)/σ; one fused matvec, no stored noise.
+        grad = weights @ (population - state.mean) / (population_size * state.sigma**2)
+        updates, opt_state = optimizer.update(grad, state.opt_state, state.mean)
+        mean = optax.apply_updates(state.mean, updates)
+        sigma = jnp.maximum(state.sigma * state.params.sigma_decay, state.params.sigma_limit)
+        return state.replace(
+            mean=mean,
+            sigma=sigma.astype(state.sigma.dtype),
+            opt_state=opt_state,
+            generation=state.generation + 1,
+            **update_best(state, population, fitness),
+        )
+
+    def info(state: OpenAIESState) -> dict:
+        return {"sigma": state.sigma}
+
+    return Strategy(
+        name="openai_es",
+        population_size=population_size,
+        default_params=default_params,
+        init=init,
+        ask=ask,
+        tell=tell,
+        info=info,
+    )

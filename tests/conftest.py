@@ -1,0 +1,9 @@
+"""Shared fixtures. Shapes stay small: JAX compilation is the cost of this suite."""
+
+import jax
+import pytest
+
+
+@pytest.fixture
+def key():
+    return jax.random.key(0)

@@ -1,0 +1,102 @@
+"""One table of checks that every strategy must pass. A new strategy joins by adding a row.
+
+Each row builds a small strategy; the checks are: population shape, state structure and dtypes
+unchanged by ``tell``, jit == eager on the same key, no retracing on a second call,
+``jax.eval_shape(init)``, vmap over keys, finite state after NaN/inf fitness, and convergence on
+a small sphere within ``budget`` generations.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import pytest
+
+import esjax
+from esjax.problems import sphere
+
+NUM_DIMS = 4
+
+# (id, factory, sphere budget in generations, target f on the 4-d sphere from x0 = ones (f=4))
+STRATEGY_CASES = [
+    (
+        "openai_es",
+        lambda: esjax.openai_es(population_size=16, sigma=0.1, learning_rate=0.05),
+        300,
+        1e-2,
+    ),
+]
+
+
+@pytest.fixture(params=STRATEGY_CASES, ids=[case[0] for case in STRATEGY_CASES])
+def case(request):
+    return request.param
+
+
+def _x0():
+    return jnp.ones(NUM_DIMS)
+
+
+def test_population_shape_and_tell_preserves_structure(case, key):
+    _, factory, _, _ = case
+    es = factory()
+    state = es.init(key, _x0())
+    population, asked = es.ask(key, state)
+    chex.assert_shape(population, (es.population_size, NUM_DIMS))
+    told = es.tell(asked, population, sphere(population))
+    chex.assert_trees_all_equal_shapes_and_dtypes(told, state)
+    assert int(told.generation) == 1
+    chex.assert_tree_all_finite(told)
+
+
+def test_jit_equals_eager_and_no_retrace(case, key):
+    _, factory, _, _ = case
+    es = factory()
+    state = es.init(key, _x0())
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def generation(k, s):
+        population, s = es.ask(k, s)
+        return es.tell(s, population, sphere(population))
+
+    jitted = generation(key, state)
+    jitted = generation(jax.random.fold_in(key, 1), jitted)  # second call: no retrace
+    population, eager = es.ask(key, state)
+    eager = es.tell(eager, population, sphere(population))
+    population, eager = es.ask(jax.random.fold_in(key, 1), eager)
+    eager = es.tell(eager, population, sphere(population))
+    chex.assert_trees_all_close(jitted, eager, rtol=1e-5, atol=1e-6)
+
+
+def test_eval_shape_and_vmap_over_keys(case, key):
+    _, factory, _, _ = case
+    es = factory()
+    abstract = jax.eval_shape(es.init, key, _x0())
+    concrete = es.init(key, _x0())
+    chex.assert_trees_all_equal_shapes_and_dtypes(abstract, concrete)
+    keys = jax.random.split(key, 3)
+    states = jax.vmap(es.init, (0, None))(keys, _x0())
+    populations, states = jax.vmap(es.ask)(keys, states)
+    chex.assert_shape(populations, (3, es.population_size, NUM_DIMS))
+    states = jax.vmap(es.tell)(states, populations, sphere(populations))
+    chex.assert_shape(states.best_fitness, (3,))
+
+
+def test_non_finite_fitness_keeps_state_finite(case, key):
+    _, factory, _, _ = case
+    es = factory()
+    state = es.init(key, _x0())
+    for generation in range(3):
+        population, state = es.ask(jax.random.fold_in(key, generation), state)
+        fitness = sphere(population)
+        fitness = fitness.at[0].set(jnp.nan).at[1].set(jnp.inf).at[2].set(-jnp.inf)
+        state = es.tell(state, population, fitness)
+    chex.assert_tree_all_finite(state)
+
+
+def test_converges_on_small_sphere(case, key):
+    _, factory, budget, target = case
+    es = factory()
+    state = es.init(key, _x0())
+    state, _ = esjax.run(es, sphere, jax.random.key(1), state, budget, progress=False)
+    assert float(state.best_fitness) < target
