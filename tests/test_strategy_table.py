@@ -10,21 +10,10 @@ import chex
 import jax
 import jax.numpy as jnp
 import pytest
+from strategy_cases import NUM_DIMS, STRATEGY_CASES
 
 import esjax
 from esjax.problems import sphere
-
-NUM_DIMS = 4
-
-# (id, factory, sphere budget in generations, target f on the 4-d sphere from x0 = ones (f=4))
-STRATEGY_CASES = [
-    (
-        "openai_es",
-        lambda: esjax.openai_es(population_size=16, sigma=0.1, learning_rate=0.05),
-        300,
-        1e-2,
-    ),
-]
 
 
 @pytest.fixture(params=STRATEGY_CASES, ids=[case[0] for case in STRATEGY_CASES])
