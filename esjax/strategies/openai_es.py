@@ -183,10 +183,19 @@ def openai_es(
         )
 
     def ask(key: jax.Array, state: OpenAIESState) -> tuple[jax.Array, OpenAIESState]:
-        indices = jnp.arange(population_size)
-        noise = perturbations(
-            key, indices, state.num_dims, population_size, antithetic, state.mean.dtype
-        )
+        dtype = state.mean.dtype
+        if antithetic:
+            # Draw each mirrored pair's noise once: the same values perturbations() gives for
+            # members i and i + n/2, at half the RNG cost.
+            half = population_size // 2
+            noise = perturbations(
+                key, jnp.arange(half), state.num_dims, population_size, antithetic, dtype
+            )
+            noise = jnp.concatenate([noise, -noise])
+        else:
+            noise = perturbations(
+                key, jnp.arange(population_size), state.num_dims, population_size, antithetic, dtype
+            )
         return state.mean + state.sigma * noise, state
 
     def tell(state: OpenAIESState, population: jax.Array, fitness: jax.Array) -> OpenAIESState:

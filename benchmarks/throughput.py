@@ -1,0 +1,234 @@
+"""Time per generation of ask → sphere → tell inside a jitted ``lax.scan``: esjax vs evosax.
+
+Both libraries run in the same process on the same device, after a warm-up (compile) call; each
+row reports the minimum over ``--repeats`` timed calls of ``--generations`` generations, so the
+esjax/evosax ratio is a like-for-like measurement. evosax rows are skipped cleanly when evosax
+(the ``bench`` extra) is not installed.
+
+    python benchmarks/throughput.py                 # the small CPU grid
+    python benchmarks/throughput.py --grid gpu      # the full grid (issue targets are GPU)
+
+Writes ``benchmarks/results/<device>-<date>.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import esjax
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# (strategy, population_size or None for the strategy's default, num_dims)
+GRIDS = {
+    "cpu": [
+        ("openai_es", 256, 1_000),
+        ("openai_es", 1024, 10_000),
+        ("cma_es", None, 100),
+        ("cma_es", None, 400),
+        ("sep_cma_es", 256, 10_000),
+        ("simulated_annealing", 256, 10_000),
+        ("pso", 256, 10_000),
+    ],
+    "gpu": [
+        ("openai_es", 4096, 100_000),
+        ("openai_es", 256, 1_000_000),
+        ("cma_es", None, 1_000),
+        ("cma_es", None, 4_000),
+        ("sep_cma_es", 4096, 100_000),
+        ("simulated_annealing", 4096, 100_000),
+        ("pso", 4096, 100_000),
+    ],
+}
+
+SIGMA = 0.05
+LEARNING_RATE = 0.01
+
+
+def _default_population(num_dims: int) -> int:
+    # Hansen (2016), eq. 48: λ = 4 + ⌊3 ln n⌋ — the default both libraries use for CMA-ES.
+    import math
+
+    return 4 + int(3 * math.log(num_dims))
+
+
+def esjax_loop(name: str, population_size: int, num_dims: int) -> Callable | None:
+    """``(key, generations) -> best`` for esjax's strategy, or None if it is not registered."""
+    if name not in esjax.STRATEGIES:
+        return None
+    factory = esjax.STRATEGIES[name]
+    kwargs = {"population_size": population_size}
+    if name == "openai_es":
+        kwargs.update(sigma=SIGMA, optimizer=optax.adam(LEARNING_RATE))
+    elif name in ("cma_es", "sep_cma_es"):
+        kwargs.update(sigma=SIGMA)
+    es = factory(**kwargs)
+    x0 = jnp.full((num_dims,), 0.5)
+
+    def loop(key, generations):
+        state = es.init(key, x0)
+
+        def body(state, generation):
+            population, state = es.ask(jax.random.fold_in(key, generation), state)
+            return es.tell(state, population, esjax.problems.sphere(population)), None
+
+        state, _ = jax.lax.scan(body, state, jnp.arange(generations))
+        return state.best_fitness
+
+    return loop
+
+
+EVOSAX_NAMES = {
+    "openai_es": "Open_ES",
+    "cma_es": "CMA_ES",
+    "sep_cma_es": "Sep_CMA_ES",
+    "simulated_annealing": "SimulatedAnnealing",
+    "pso": "PSO",
+}
+
+
+def evosax_loop(name: str, population_size: int, num_dims: int) -> Callable | None:
+    """The same loop with evosax 0.3's strategy of the same name, or None if unavailable."""
+    if importlib.util.find_spec("evosax") is None or name not in EVOSAX_NAMES:
+        return None
+    from evosax import algorithms
+
+    cls = getattr(algorithms, EVOSAX_NAMES[name])
+    x0 = jnp.full((num_dims,), 0.5)
+    if name == "openai_es":
+        es = cls(
+            population_size=population_size,
+            solution=x0,
+            optimizer=optax.adam(LEARNING_RATE),
+            std_schedule=optax.constant_schedule(SIGMA),
+        )
+    else:
+        es = cls(population_size=population_size, solution=x0)
+    params = es.default_params
+    if name in ("cma_es", "sep_cma_es") and hasattr(params, "std_init"):
+        params = params.replace(std_init=SIGMA)
+
+    def loop(key, generations):
+        state = es.init(key, x0, params)
+
+        def body(state, generation):
+            k = jax.random.fold_in(key, generation)
+            population, state = es.ask(k, state, params)
+            fitness = esjax.problems.sphere(population)
+            state, _ = es.tell(k, population, fitness, state, params)
+            return state, None
+
+        state, _ = jax.lax.scan(body, state, jnp.arange(generations))
+        return state.best_fitness
+
+    return loop
+
+
+def time_loop(loop: Callable, generations: int, repeats: int) -> dict:
+    """Compile once, then the minimum over ``repeats`` runs: seconds per generation."""
+    compiled = jax.jit(loop, static_argnums=1).lower(jax.random.key(0), generations).compile()
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(jax.random.key(0)))
+    first = time.perf_counter() - start
+    best = first
+    for repeat in range(1, repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(jax.random.key(repeat)))
+        best = min(best, time.perf_counter() - start)
+    stats = jax.devices()[0].memory_stats() or {}
+    return {
+        "ms_per_generation": 1e3 * best / generations,
+        "peak_bytes": stats.get("peak_bytes_in_use"),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", choices=sorted(GRIDS), default=None)
+    parser.add_argument("--generations", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", default=None, help="comma-separated strategy names")
+    parser.add_argument(
+        "--output", default=None, help="JSON path (default: results/<device>-<date>)"
+    )
+    args = parser.parse_args(argv)
+    device = jax.devices()[0]
+    grid_name = args.grid or ("cpu" if device.platform == "cpu" else "gpu")
+    only = set(args.only.split(",")) if args.only else None
+
+    rows = []
+    for name, population_size, num_dims in GRIDS[grid_name]:
+        if only and name not in only:
+            continue
+        population_size = population_size or _default_population(num_dims)
+        row = {"strategy": name, "population_size": population_size, "num_dims": num_dims}
+        for library, build in (("esjax", esjax_loop), ("evosax", evosax_loop)):
+            loop = build(name, population_size, num_dims)
+            row[library] = None if loop is None else time_loop(loop, args.generations, args.repeats)
+        if row["esjax"] and row["evosax"]:
+            row["speedup"] = row["evosax"]["ms_per_generation"] / row["esjax"]["ms_per_generation"]
+        rows.append(row)
+        _print_row(row)
+
+    versions = {
+        "jax": jax.__version__,
+        "esjax": esjax.__version__,
+        "python": platform.python_version(),
+    }
+    if importlib.util.find_spec("evosax") is not None:
+        from importlib.metadata import version
+
+        versions["evosax"] = version("evosax")
+    result = {
+        "benchmark": "throughput",
+        "device": device.device_kind,
+        "platform": device.platform,
+        "device_count": jax.device_count(),
+        "date": datetime.date.today().isoformat(),
+        "grid": grid_name,
+        "generations": args.generations,
+        "repeats": args.repeats,
+        "versions": versions,
+        "rows": rows,
+    }
+    output = (
+        Path(args.output)
+        if args.output
+        else RESULTS
+        / (f"throughput-{device.platform}-{_slug(device.device_kind)}-{result['date']}.json")
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {output}")
+    return result
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()
+
+
+def _print_row(row: dict) -> None:
+    def ms(entry):
+        return "      -" if not entry else f"{entry['ms_per_generation']:8.3f}"
+
+    speedup = f"{row['speedup']:6.2f}x" if "speedup" in row else "     -"
+    print(
+        f"{row['strategy']:>20} pop {row['population_size']:>6} dim {row['num_dims']:>8} | "
+        f"esjax {ms(row['esjax'])} ms | evosax {ms(row['evosax'])} ms | evosax/esjax {speedup}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
