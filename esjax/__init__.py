@@ -4,11 +4,21 @@ as pure functions, jitted and vmapped over whole populations, on test functions 
 Every strategy minimises. See the README for the ask/tell loop and ``esjax.run``.
 """
 
-from esjax import problems, shaping
+from esjax import baselines, checkpoint, distributed, nn, problems, restarts, shaping, tasks
 from esjax.base import Strategy, StrategyState
 from esjax.flatten import FlatSpec, flatten
 from esjax.loop import evaluate_population, run, step
-from esjax.strategies import STRATEGIES, get_strategy, openai_es
+from esjax.restarts import ipop
+from esjax.strategies import (
+    STRATEGIES,
+    cma_es,
+    eki,
+    get_strategy,
+    openai_es,
+    pso,
+    sep_cma_es,
+    simulated_annealing,
+)
 
 __version__ = "0.1.0"
 
@@ -17,12 +27,24 @@ __all__ = [
     "FlatSpec",
     "Strategy",
     "StrategyState",
+    "baselines",
+    "checkpoint",
+    "cma_es",
+    "distributed",
+    "eki",
     "evaluate_population",
     "flatten",
     "get_strategy",
+    "ipop",
+    "nn",
     "openai_es",
     "problems",
+    "pso",
+    "restarts",
     "run",
+    "sep_cma_es",
     "shaping",
+    "simulated_annealing",
     "step",
+    "tasks",
 ]

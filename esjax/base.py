@@ -120,6 +120,8 @@ def check_fitness(fitness: jax.Array, population_size: int, name: str = "fitness
         raise ValueError(
             f"{name} must have shape (population_size,) = ({population_size},), got {fitness.shape}"
         )
+    if jnp.issubdtype(fitness.dtype, jnp.complexfloating) or fitness.dtype == jnp.bool_:
+        raise TypeError(f"{name} must be real (float or int), got dtype {fitness.dtype}")
     if not jnp.issubdtype(fitness.dtype, jnp.floating):
         fitness = fitness.astype(jnp.result_type(float))
     return fitness
@@ -164,7 +166,9 @@ def check_range(
     lo = "-inf" if low is None else low
     hi = "inf" if high is None else high
     interval = f"{'[' if low_inclusive else '('}{lo}, {hi}{']' if high_inclusive else ')'}"
-    bad = math.isnan(value)
+    # +-inf only passes where the range itself is unbounded on that side *and* says so:
+    # an infinite sigma or temperature is never a meaningful setting.
+    bad = not math.isfinite(value)
     if low is not None:
         bad |= value < low if low_inclusive else value <= low
     if high is not None:

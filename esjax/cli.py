@@ -12,9 +12,16 @@ from esjax.experiments.runner import run_experiment
 def _run(args: argparse.Namespace) -> int:
     config = load_config(
         args.config,
-        overrides={"generations": args.generations, "seed": args.seed, "name": args.name},
+        overrides={
+            "generations": args.generations,
+            "seed": args.seed,
+            "name": args.name,
+            "checkpoint_every": args.checkpoint_every,
+        },
     )
-    summary = run_experiment(config, progress=not args.quiet, output_dir=args.output_dir)
+    summary = run_experiment(
+        config, progress=not args.quiet, output_dir=args.output_dir, resume=args.resume
+    )
     at_mean = summary.get("mean_fitness")
     print(
         f"{summary['name']}: {summary['strategy']} on {summary['problem']} "
@@ -28,6 +35,20 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _launch(args: argparse.Namespace) -> int:
+    from esjax.distributed import launch
+
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    if not command:
+        raise ValueError("launch needs a command after --, e.g. esjax launch -n 2 -- python a.py")
+    try:
+        results = launch(command, args.num_processes, port=args.port, timeout_s=args.timeout)
+    except TimeoutError as error:
+        print(f"esjax: error: {error}", file=sys.stderr)
+        return 124
+    return max(abs(result.returncode) for result in results)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="esjax", description="Gradient-free training in JAX.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -38,8 +59,57 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--seed", type=int, default=None, help="override the seed")
     run_parser.add_argument("--name", default=None, help="override the run name")
     run_parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    run_parser.add_argument(
+        "--checkpoint-every", type=int, default=None, help="save a checkpoint every K generations"
+    )
+    run_parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the run folder's checkpoint (bit-identical to an uninterrupted run)",
+    )
     run_parser.set_defaults(handler=_run)
+    launch_parser = commands.add_parser(
+        "launch",
+        help="run a command as N processes of one jax.distributed run on 127.0.0.1",
+        description="Run COMMAND as N local processes of one jax.distributed run (for testing "
+        "multi-host code); the command calls esjax.distributed.initialize() to join.",
+    )
+    launch_parser.add_argument("-n", "--num-processes", type=int, required=True)
+    launch_parser.add_argument("--port", type=int, default=None, help="coordinator port")
+    launch_parser.add_argument(
+        "--timeout", type=float, default=None, help="kill every process after this many seconds"
+    )
+    launch_parser.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    launch_parser.set_defaults(handler=_launch)
+    compare_parser = commands.add_parser(
+        "compare", help="gradient-free vs gradient methods on the same model (a compare config)"
+    )
+    compare_parser.add_argument("config", help="path to a comparison config (see configs/)")
+    compare_parser.add_argument("--output-dir", default=None, help="parent folder for results")
+    compare_parser.add_argument(
+        "--steps", type=int, default=None, help="override every method's generations/steps"
+    )
+    compare_parser.add_argument(
+        "--methods", default=None, help="comma-separated labels of the methods to run"
+    )
+    compare_parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    compare_parser.set_defaults(handler=_compare)
     return parser
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from esjax.experiments.compare import load_comparison, run_comparison
+    from esjax.experiments.report import summary_table
+
+    methods = args.methods.split(",") if args.methods else None
+    config = load_comparison(args.config, steps=args.steps, methods=methods)
+    result = run_comparison(config, output_dir=args.output_dir, progress=not args.quiet)
+    if result["methods"]:
+        print(summary_table(result["methods"], config.target_accuracy))
+    run_dir = result["run_dir"]
+    outputs = "scaling.md, scaling.png" if result["scaling"] else "comparison.md, plots"
+    print(f"wrote {run_dir}/ ({outputs}, per-method metrics.csv, summary.json)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,6 +114,7 @@ def step(
     batch_size: int | None = None,
     fitness_takes_key: bool = False,
     jit: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable[[jax.Array, StrategyState], tuple[StrategyState, dict]]:
     """A compiled generation: ``step(key, state) -> (state, metrics)``.
 
@@ -123,11 +124,24 @@ def step(
       batch_size: evaluate the population this many members at a time (``lax.map``).
       fitness_takes_key: call ``fitness_fn(member, key)`` with a per-generation key.
       jit: compile with ``jax.jit`` (turn off to debug with prints).
+      mesh: a 1-D ``jax.sharding.Mesh`` (``esjax.distributed.make_mesh()``) to shard the
+        population over its devices; results match the unsharded step to float32 rounding.
 
     Example:
       >>> step_fn = esjax.step(es, esjax.problems.sphere)
       >>> state, metrics = step_fn(jax.random.key(1), state)
     """
+    if mesh is not None:
+        from esjax import distributed  # imports this module
+
+        return distributed.sharded_step(
+            es,
+            fitness_fn,
+            mesh,
+            batch_size=batch_size,
+            fitness_takes_key=fitness_takes_key,
+            jit=jit,
+        )
     generation = make_generation(
         es, fitness_fn, batch_size=batch_size, fitness_takes_key=fitness_takes_key
     )
@@ -171,6 +185,7 @@ def run(
     description: str | None = None,
     callback: Callable[[StrategyState, dict], Any] | None = None,
     generation_fn: Callable | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[StrategyState, dict[str, np.ndarray]]:
     """Run ``num_generations`` generations in jitted ``lax.scan`` chunks.
 
@@ -186,12 +201,21 @@ def run(
         (e.g. a restart criterion) — useful for checkpointing too.
       generation_fn: a prebuilt ``(key, state) -> (state, metrics)`` (e.g. a sharded one from
         ``esjax.distributed``) instead of building one from ``es`` and ``fitness_fn``.
+      mesh: a 1-D ``jax.sharding.Mesh`` (``esjax.distributed.make_mesh()``) to shard the
+        population over its devices (and processes); ``state`` is replicated on it.
 
     Returns:
       ``(state, metrics)`` where ``metrics`` maps names to NumPy arrays of length
       generations-run (scalars per generation).
     """
     num_generations = check_int("num_generations", num_generations, 0)
+    if mesh is not None:
+        from esjax import distributed  # imports this module
+
+        state = distributed.replicate(state, mesh)
+        generation_fn = generation_fn or distributed.make_sharded_generation(
+            es, fitness_fn, mesh, batch_size=batch_size, fitness_takes_key=fitness_takes_key
+        )
     if log_every is None:
         log_every = max(1, -(-num_generations // 20))
     log_every = check_int("log_every", log_every, 1)

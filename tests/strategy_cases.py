@@ -18,4 +18,18 @@ STRATEGY_CASES = [
         300,
         1e-2,
     ),
+    # CMA-ES and sep-CMA-ES (λ = 8) pass 1e-6 around generation 50 on this sphere.
+    ("cma_es", lambda: esjax.cma_es(num_dims=NUM_DIMS, sigma=0.5), 100, 1e-6),
+    ("sep_cma_es", lambda: esjax.sep_cma_es(num_dims=NUM_DIMS, sigma=0.5), 100, 1e-6),
+    # SA (16 chains, nearly greedy) passes 1e-2 at generation ~90; PSO (16 particles, ring)
+    # passes 1e-4 at ~50.
+    (
+        "simulated_annealing",
+        lambda: esjax.simulated_annealing(
+            population_size=16, initial_temperature=1e-3, step_size=0.3
+        ),
+        300,
+        1e-2,
+    ),
+    ("pso", lambda: esjax.pso(population_size=16), 150, 1e-6),
 ]

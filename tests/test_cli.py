@@ -65,6 +65,8 @@ def test_cli_reports_config_errors_cleanly(tmp_path, capsys):
     assert "valid keys" in capsys.readouterr().err
 
 
-def test_every_shipped_config_parses():
+def test_every_shipped_run_config_parses():
+    # Comparison configs (a `methods` list) belong to `esjax compare`; test_compare parses them.
     for path in CONFIGS.glob("*.yaml"):
-        load_config(path)
+        if "methods" not in yaml.safe_load(path.read_text()):
+            load_config(path)

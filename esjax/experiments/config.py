@@ -84,6 +84,8 @@ def parse_config(raw: dict) -> ExperimentConfig:
     """Validate a config dict (as loaded from YAML) and build an :class:`ExperimentConfig`."""
     if not isinstance(raw, dict):
         raise TypeError(f"a config must be a mapping at the top level, got {type(raw).__name__}")
+    if "methods" in raw:
+        raise ValueError("this is a comparison config (it has 'methods'): use `esjax compare`")
     fields = [f.name for f in dataclasses.fields(ExperimentConfig)]
     _check_keys("the config", raw, fields)
     required = [
@@ -100,6 +102,9 @@ def parse_config(raw: dict) -> ExperimentConfig:
     config = ExperimentConfig(**raw)
     check_int("generations", config.generations, 1)
     check_int("checkpoint_every", config.checkpoint_every, 0)
+    for optional in ("log_every", "batch_size"):
+        if getattr(config, optional) is not None:
+            check_int(optional, getattr(config, optional), 1)
     for section in ("strategy", "problem"):
         if "name" not in getattr(config, section):
             raise ValueError(f"config section {section!r} needs a 'name'")

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from esjax import checkpoint
+from esjax.base import Strategy, StrategyState
 from esjax.experiments.config import ExperimentConfig, build_strategy, config_to_dict
 from esjax.experiments.setup import build_problem
 from esjax.loop import run
+
+CHECKPOINT_FILE = "checkpoint.msgpack"
+# Config keys that change results: a checkpoint resumes only a run that agrees on all of them.
+RESUME_KEYS = ("strategy", "problem", "seed", "batch_size")
 
 
 def write_metrics_csv(path: Path, metrics: dict[str, np.ndarray]) -> None:
@@ -25,13 +34,87 @@ def write_metrics_csv(path: Path, metrics: dict[str, np.ndarray]) -> None:
             writer.writerow(row)
 
 
+def append_metrics_csv(path: Path, metrics: dict[str, np.ndarray], sync: bool = False) -> None:
+    """Append one chunk's rows to ``path`` (header first if the file is new); ``sync``: fsync."""
+    names = sorted(metrics, key=lambda name: name != "generation")
+    is_new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as handle:
+        writer = csv.writer(handle)
+        if is_new:
+            writer.writerow(names)
+        for row in zip(*(np.asarray(metrics[n]).tolist() for n in names), strict=True):
+            writer.writerow(row)
+        if sync:
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def trim_metrics_csv(path: Path, generation: int) -> None:
+    """Keep the header and the complete rows up to ``generation`` (those the checkpoint covers).
+
+    Rows written after the checkpoint, and a last row cut short by a crash, are dropped: the
+    resumed run writes them again, identically.
+    """
+    if not path.exists():
+        return
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    header, kept = rows[0], [rows[0]]
+    column = header.index("generation")
+    for row in rows[1:]:
+        if len(row) == len(header) and int(float(row[column])) <= generation:
+            kept.append(row)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w", newline="") as handle:
+        csv.writer(handle).writerows(kept)
+    os.replace(temporary, path)
+
+
+def load_resume_state(
+    path: Path, like: StrategyState, es: Strategy, config: ExperimentConfig
+) -> tuple[StrategyState, dict]:
+    """The checkpointed state and its metadata; falls back to the previous checkpoint if the
+    latest is damaged. Refuses a checkpoint of a config that differs in :data:`RESUME_KEYS`."""
+    try:
+        state = checkpoint.load(path, like, strategy=es)
+    except checkpoint.CorruptCheckpointError as error:
+        previous = checkpoint.previous_path(path)
+        if not previous.exists():
+            raise
+        print(f"esjax: warning: {error}; resuming from {previous}", file=sys.stderr)
+        path, state = previous, checkpoint.load(previous, like, strategy=es)
+    metadata = checkpoint.read_header(path)["metadata"] or {}
+    saved, current = metadata.get("config", {}), config_to_dict(config)
+    differing = [key for key in RESUME_KEYS if saved.get(key) != current[key]]
+    if differing:
+        raise checkpoint.CheckpointError(
+            f"checkpoint {path} was saved by a run whose config differs in {differing}; "
+            "resume with the config that wrote it (only generations, log_every, "
+            "checkpoint_every, name and output_dir may change)"
+        )
+    return state, metadata
+
+
 def run_experiment(
-    config: ExperimentConfig, *, progress: bool = True, output_dir: str | Path | None = None
+    config: ExperimentConfig,
+    *,
+    progress: bool = True,
+    output_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> dict:
     """Run ``config`` and write ``<output_dir>/<name>/{metrics.csv,summary.json}``.
 
     Keys: ``problem`` uses ``fold_in(seed_key, 0)``, ``init`` ``fold_in(seed_key, 1)`` and the
     generations ``fold_in(seed_key, 2)``, so every part is reproducible from ``seed`` alone.
+
+    Checkpoints: with ``checkpoint_every = K > 0`` the state is saved to
+    ``<run_dir>/checkpoint.msgpack`` at the first chunk boundary (``log_every``) at or after each
+    multiple of K generations, and at the end. ``metrics.csv`` is appended chunk by chunk.
+    ``resume=True`` continues from that checkpoint up to ``config.generations`` and appends to
+    ``metrics.csv``; since generation g always uses ``fold_in(key, g)``, the result is
+    bit-identical to an uninterrupted run. With no checkpoint yet, it starts from scratch.
 
     Returns:
       The summary dict written to ``summary.json``.
@@ -42,24 +125,59 @@ def run_experiment(
     problem = build_problem(config.problem, jax.random.fold_in(seed_key, 0))
     es = build_strategy(config.strategy)
     state = es.init(jax.random.fold_in(seed_key, 1), problem.x0)
+    metrics_path = run_dir / "metrics.csv"
+    checkpoint_path = run_dir / CHECKPOINT_FILE
+    earlier_seconds = 0.0
+    has_checkpoint = checkpoint_path.exists() or checkpoint.previous_path(checkpoint_path).exists()
+    if resume and has_checkpoint:
+        state, metadata = load_resume_state(checkpoint_path, state, es, config)
+        earlier_seconds = float(metadata.get("seconds", 0.0))
+        trim_metrics_csv(metrics_path, int(state.generation))
+    else:
+        if resume:
+            print(f"esjax: no checkpoint in {run_dir}; starting from scratch", file=sys.stderr)
+        metrics_path.unlink(missing_ok=True)
+    resumed_from = int(state.generation)
+    if resumed_from > config.generations:
+        raise ValueError(
+            f"generations={config.generations} is below the checkpoint's generation "
+            f"{resumed_from}; pass at least that many to resume"
+        )
 
     start = time.perf_counter()
-    state, metrics = run(
+    saved_at = [resumed_from]
+
+    def save_checkpoint(state: StrategyState) -> None:
+        seconds = earlier_seconds + time.perf_counter() - start
+        metadata = {"config": config_to_dict(config), "seconds": seconds}
+        checkpoint.save(checkpoint_path, state, metadata, strategy=es)
+        saved_at[0] = int(state.generation)
+
+    def record(state: StrategyState, chunk: dict) -> None:
+        # Metrics first: every row a checkpoint covers is on disk before the checkpoint is.
+        every = config.checkpoint_every
+        append_metrics_csv(metrics_path, chunk, sync=bool(every))
+        if every and int(state.generation) // every > saved_at[0] // every:
+            save_checkpoint(state)
+
+    state, _ = run(
         es,
         problem.fitness_fn,
         jax.random.fold_in(seed_key, 2),
         state,
-        config.generations,
+        config.generations - resumed_from,
         log_every=config.log_every,
         batch_size=config.batch_size,
         fitness_takes_key=problem.fitness_takes_key,
         progress=progress,
         description=config.name,
+        callback=record,
     )
     jax.block_until_ready(state)
-    seconds = time.perf_counter() - start
+    if config.checkpoint_every and saved_at[0] != int(state.generation):
+        save_checkpoint(state)
+    seconds = earlier_seconds + time.perf_counter() - start
 
-    write_metrics_csv(run_dir / "metrics.csv", metrics)
     summary = {
         "name": config.name,
         "strategy": config.strategy["name"],
@@ -72,11 +190,18 @@ def run_experiment(
         "seconds_including_compile": seconds,
         "config": config_to_dict(config),
     }
+    if resume:
+        summary["resumed_from_generation"] = resumed_from
+    # Distribution-based strategies' answer is their mean; the others' is the best member.
+    solution = state.mean if hasattr(state, "mean") else state.best_solution
+    summary["reported_solution"] = "mean" if hasattr(state, "mean") else "best_solution"
     if hasattr(state, "mean"):
-        mean_fitness = problem.fitness_fn(state.unravel(state.mean))
-        summary["mean_fitness"] = float(mean_fitness)
+        # fitness_fn(member) without a key scores on the full data where the problem allows it.
+        mean_fitness = jnp.asarray(problem.fitness_fn(state.unravel(state.mean)))
+        if mean_fitness.ndim == 0:  # EKI-style problems return residual vectors instead
+            summary["mean_fitness"] = float(mean_fitness)
     if problem.report is not None:
-        summary.update(problem.report(state.best_solution))
+        summary.update(problem.report(solution))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     summary["run_dir"] = str(run_dir)
     return summary

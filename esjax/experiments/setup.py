@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from esjax.problems.functions import FUNCTIONS, make_problem
+from esjax.tasks.problems import TASK_PROBLEMS
 
 
 class ProblemSetup(NamedTuple):
@@ -58,6 +59,10 @@ PROBLEMS: dict[str, Callable[..., ProblemSetup]] = {
     for name in FUNCTIONS
 }
 _PROBLEM_SIGNATURES: dict[str, Callable] = {name: build_function_problem for name in FUNCTIONS}
+# Flax models on data and control tasks; their builders return esjax.tasks.TaskProblem, which
+# has ProblemSetup's fields.
+PROBLEMS.update(TASK_PROBLEMS)
+_PROBLEM_SIGNATURES.update(TASK_PROBLEMS)
 
 
 def register_problem(name: str, builder: Callable[..., ProblemSetup]) -> None:

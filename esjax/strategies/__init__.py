@@ -3,10 +3,20 @@
 from collections.abc import Callable
 
 from esjax.base import Strategy
+from esjax.strategies.cma_es import cma_es
+from esjax.strategies.eki import eki
 from esjax.strategies.openai_es import openai_es
+from esjax.strategies.pso import pso
+from esjax.strategies.sep_cma_es import sep_cma_es
+from esjax.strategies.simulated_annealing import simulated_annealing
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "openai_es": openai_es,
+    "pso": pso,
+    "simulated_annealing": simulated_annealing,
+    "eki": eki,
+    "cma_es": cma_es,
+    "sep_cma_es": sep_cma_es,
 }
 
 
@@ -17,4 +27,13 @@ def get_strategy(name: str) -> Callable[..., Strategy]:
     return STRATEGIES[name]
 
 
-__all__ = ["STRATEGIES", "get_strategy", "openai_es"]
+__all__ = [
+    "STRATEGIES",
+    "cma_es",
+    "eki",
+    "get_strategy",
+    "openai_es",
+    "pso",
+    "sep_cma_es",
+    "simulated_annealing",
+]

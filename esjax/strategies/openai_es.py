@@ -24,6 +24,9 @@ state holds O(num_dims) memory (mean, optimizer moments, best solution).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -80,6 +83,30 @@ class OpenAIESState(StrategyState):
     sigma: jax.Array
     opt_state: optax.OptState
     params: OpenAIESParams
+
+
+class OpenAIESUpdate(NamedTuple):
+    """The two halves of ``tell``, shared with the sharded generation of :mod:`esjax.distributed`.
+
+    A sharded run never assembles the population: each device holds its own members, so it needs
+    ``tell`` split at the one reduction over members, ``Σ_i u_i (x_i - θ)``.
+
+    Attributes:
+      antithetic: whether members ``i`` and ``i + n/2`` are mirrored (see :func:`perturbations`).
+      weights: ``(state, fitness, squared_norms) -> u``, the ``(population_size,)`` shaped weights
+        from the raw fitness and ``||x_i||²`` (the weight-decay term).
+      apply_gradient: ``(state, weighted_sum) -> state`` with ``weighted_sum = Σ_i u_i (x_i - θ)``;
+        steps the mean, σ, optimizer state and generation (the best-so-far is left to the caller).
+    """
+
+    antithetic: bool
+    weights: Callable[[OpenAIESState, jax.Array, jax.Array], jax.Array]
+    apply_gradient: Callable[[OpenAIESState, jax.Array], OpenAIESState]
+
+
+def update_rule(es: Strategy) -> OpenAIESUpdate | None:
+    """The :class:`OpenAIESUpdate` of a strategy built by :func:`openai_es` (``None`` otherwise)."""
+    return getattr(es.tell, "update_rule", None)
 
 
 def perturbations(
@@ -158,6 +185,11 @@ def openai_es(
         raise ValueError("learning_rate is only used when optimizer is None; pass one of them")
     if learning_rate is not None:
         check_range("learning_rate", learning_rate, 0.0, None, low_inclusive=False)
+    if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            f"optimizer must be an optax GradientTransformation (e.g. optax.adam(1e-2)), "
+            f"got {type(optimizer).__name__}"
+        )
     if optimizer is None:
         optimizer = optax.adam(0.01 if learning_rate is None else learning_rate)
     default_params = OpenAIESParams(
@@ -198,11 +230,10 @@ def openai_es(
             )
         return state.mean + state.sigma * noise, state
 
-    def tell(state: OpenAIESState, population: jax.Array, fitness: jax.Array) -> OpenAIESState:
-        fitness = check_fitness(fitness, population_size)
-        check_population(population, population_size, state.num_dims)
-        shaped = shaping.sanitize(fitness)
-        shaped = shaped + shaping.l2_penalty(population, state.params.weight_decay)
+    def fitness_weights(
+        state: OpenAIESState, fitness: jax.Array, squared_norms: jax.Array
+    ) -> jax.Array:
+        shaped = shaping.sanitize(fitness) + state.params.weight_decay * squared_norms
         if fitness_shaping == "centered_ranks":
             weights = shaping.centered_ranks(shaped)
         elif fitness_shaping == "z_score":
@@ -211,9 +242,11 @@ def openai_es(
             finite = jnp.isfinite(shaped)
             worst = jnp.max(jnp.where(finite, shaped, -jnp.inf))
             weights = jnp.where(finite, shaped, jnp.where(jnp.isfinite(worst), worst, 0.0))
-        weights = weights.astype(state.mean.dtype)
-        # g = 1/(nσ) Σ u_i ε_i with ε_i = (x_i - θ)/σ; one fused matvec, no stored noise.
-        grad = weights @ (population - state.mean) / (population_size * state.sigma**2)
+        return weights.astype(state.mean.dtype)
+
+    def apply_gradient(state: OpenAIESState, weighted_sum: jax.Array) -> OpenAIESState:
+        # g = 1/(nσ) Σ u_i ε_i = Σ u_i (x_i - θ) / (nσ²).
+        grad = weighted_sum / (population_size * state.sigma**2)
         updates, opt_state = optimizer.update(grad, state.opt_state, state.mean)
         mean = optax.apply_updates(state.mean, updates)
         sigma = jnp.maximum(state.sigma * state.params.sigma_decay, state.params.sigma_limit)
@@ -222,8 +255,17 @@ def openai_es(
             sigma=sigma.astype(state.sigma.dtype),
             opt_state=opt_state,
             generation=state.generation + 1,
-            **update_best(state, population, fitness),
         )
+
+    def tell(state: OpenAIESState, population: jax.Array, fitness: jax.Array) -> OpenAIESState:
+        fitness = check_fitness(fitness, population_size)
+        check_population(population, population_size, state.num_dims)
+        weights = fitness_weights(state, fitness, jnp.sum(jnp.square(population), axis=-1))
+        # ε_i = (x_i - θ)/σ is recovered from the population: one fused matvec, no stored noise.
+        told = apply_gradient(state, weights @ (population - state.mean))
+        return told.replace(**update_best(state, population, fitness))
+
+    tell.update_rule = OpenAIESUpdate(antithetic, fitness_weights, apply_gradient)
 
     def info(state: OpenAIESState) -> dict:
         return {"sigma": state.sigma}

@@ -1,0 +1,258 @@
+"""The optax gradient baseline, and the budgeted loop every method is timed with.
+
+:func:`optax_trainer` trains a model by backpropagation with any optax optimizer (default Adam)
+on the same fitness ES uses, ``loss_fn(params, key)``, where ``key`` picks the minibatch. Step
+``t`` of a run with key ``K`` draws its minibatch from ``split(fold_in(K, t))[1]``, the same key
+:func:`esjax.loop.make_generation` hands a fitness function in generation ``t``: with the same run
+key and batch size, ES generation ``t`` and gradient step ``t`` see the same examples.
+
+:func:`timed_run` is the one loop that drives both ES strategies and gradient trainers, so their
+budgets are measured identically:
+
+- **wall-clock** of training only, excluding compilation (every scanned chunk is compiled ahead
+  of time with ``jax.jit(...).lower(...).compile()``; compile time is reported separately) and
+  excluding the periodic evaluation (the same for every method);
+- **forward passes**: per-example network evaluations. ES: ``population_size × batch_size`` per
+  generation. Backpropagation: ``3 × batch_size`` per step, counting the backward pass as two
+  forward passes (the usual cost estimate of reverse-mode differentiation of a matmul network);
+- **steps**: generations or optimizer steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from esjax import nn
+from esjax.base import check_int
+from esjax.tasks.supervised import Dataset
+
+PyTree = Any
+
+BACKWARD_COST_IN_FORWARDS = 2
+
+
+@struct.dataclass
+class GradientState:
+    """Parameters, optimizer state and the number of completed steps."""
+
+    params: PyTree
+    opt_state: optax.OptState
+    step: jax.Array
+
+
+class GradientTrainer(NamedTuple):
+    """An optax training step as pure functions: ``init(params)``, ``step(key, state)``."""
+
+    name: str
+    init: Callable[[PyTree], GradientState]
+    step: Callable[[jax.Array, GradientState], tuple[GradientState, dict]]
+
+
+def optax_trainer(
+    loss_fn: Callable[[PyTree, jax.Array], jax.Array],
+    optimizer: optax.GradientTransformation | None = None,
+    name: str = "adam",
+) -> GradientTrainer:
+    """Backpropagation on ``loss_fn(params, key)`` (minimised) with an optax ``optimizer``.
+
+    Args:
+      loss_fn: the loss of one parameter set on the minibatch ``key`` selects (e.g. the
+        fitness from :func:`esjax.nn.dataset_fitness`).
+      optimizer: any optax transformation (default ``optax.adam(1e-3)``).
+      name: label for reports.
+
+    Returns:
+      A :class:`GradientTrainer`; ``step(key, state) -> (state, {"loss", "grad_norm"})``.
+    """
+    optimizer = optax.adam(1e-3) if optimizer is None else optimizer
+
+    def init(params: PyTree) -> GradientState:
+        return GradientState(
+            params=params, opt_state=optimizer.init(params), step=jnp.array(0, jnp.int32)
+        )
+
+    def step(key: jax.Array, state: GradientState) -> tuple[GradientState, dict]:
+        # The same split as esjax.loop.make_generation: ES generation t and step t share a batch.
+        _, batch_key = jax.random.split(key)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch_key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = GradientState(params=params, opt_state=opt_state, step=state.step + 1)
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+    return GradientTrainer(name=name, init=init, step=step)
+
+
+class TimedRun(NamedTuple):
+    """What :func:`timed_run` measured.
+
+    Attributes:
+      state: the final state.
+      history: one dict per evaluation: ``step``, ``wall_clock_s`` (training only),
+        ``forward_passes`` and whatever ``evaluate`` returned. Row 0 is the initial state.
+      compile_seconds: time spent compiling the scanned chunks (not in ``wall_clock_s``).
+      steps: steps actually run (fewer than asked if ``stop`` ended the run).
+    """
+
+    state: Any
+    history: list[dict]
+    compile_seconds: float
+    steps: int
+
+
+def timed_run(
+    step_fn: Callable[[jax.Array, Any], tuple[Any, dict]],
+    state: Any,
+    key: jax.Array,
+    num_steps: int,
+    *,
+    counter: Callable[[Any], jax.Array],
+    evaluate: Callable[[Any], dict],
+    eval_every: int,
+    forward_passes_per_step: int,
+    stop: Callable[[dict], bool] | None = None,
+    progress: bool = True,
+    description: str | None = None,
+) -> TimedRun:
+    """Run ``num_steps`` steps in AOT-compiled ``lax.scan`` chunks of ``eval_every`` steps.
+
+    Step ``t`` gets ``fold_in(key, counter(state))`` (as in :func:`esjax.run`). After each chunk
+    the state is evaluated (outside the timed region) and a history row is recorded.
+
+    Args:
+      step_fn: ``(key, state) -> (state, metrics)``: an ES generation
+        (:func:`esjax.loop.make_generation`) or a :class:`GradientTrainer` step.
+      state: the initial state.
+      key: the run's key.
+      num_steps: steps to run (>= 1).
+      counter: ``state -> int`` completed steps (``state.generation`` or ``state.step``).
+      evaluate: ``state -> dict`` of scalars (e.g. test accuracy); also run on the initial state.
+      eval_every: steps per chunk between evaluations (>= 1).
+      forward_passes_per_step: the per-step cost added to ``forward_passes``.
+      stop: ``row -> bool``; ``True`` ends the run after that chunk (e.g. target reached).
+      progress: show a tqdm bar.
+      description: the bar's label.
+    """
+    num_steps = check_int("num_steps", num_steps, 1)
+    eval_every = check_int("eval_every", eval_every, 1)
+
+    def make_chunk(length: int) -> Callable:
+        def chunk(state, key):
+            def body(state, _):
+                return step_fn(jax.random.fold_in(key, counter(state)), state)
+
+            state, _ = jax.lax.scan(body, state, None, length=length)
+            return state
+
+        return chunk
+
+    compile_seconds = 0.0
+    compiled: dict[int, Callable] = {}
+
+    def compiled_chunk(length: int) -> Callable:
+        nonlocal compile_seconds
+        if length not in compiled:
+            start = time.perf_counter()
+            compiled[length] = jax.jit(make_chunk(length)).lower(state, key).compile()
+            compile_seconds += time.perf_counter() - start
+        return compiled[length]
+
+    def row(steps: int, seconds: float) -> dict:
+        values = {name: float(value) for name, value in jax.device_get(evaluate(state)).items()}
+        return {
+            "step": steps,
+            "wall_clock_s": seconds,
+            "forward_passes": steps * forward_passes_per_step,
+            **values,
+        }
+
+    compiled_chunk(min(eval_every, num_steps))
+    history = [row(0, 0.0)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_steps, desc=description, leave=True, dynamic_ncols=True)
+    done, seconds = 0, 0.0
+    try:
+        while done < num_steps:
+            length = min(eval_every, num_steps - done)
+            chunk = compiled_chunk(length)
+            start = time.perf_counter()
+            state = jax.block_until_ready(chunk(state, key))
+            seconds += time.perf_counter() - start
+            done += length
+            history.append(row(done, seconds))
+            if bar is not None:
+                bar.update(length)
+                shown = {k: f"{v:.4g}" for k, v in history[-1].items() if k.startswith("test_")}
+                bar.set_postfix(shown)
+            if stop is not None and stop(history[-1]):
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    return TimedRun(state=state, history=history, compile_seconds=compile_seconds, steps=done)
+
+
+def classifier_metrics(model: nn.FlaxModel, dataset: Dataset) -> Callable[[PyTree], dict]:
+    """A jitted ``params -> {train_loss, train_accuracy, test_loss, test_accuracy}``.
+
+    Losses are cross-entropy on the full splits, whatever loss a method trains on.
+    """
+
+    @jax.jit
+    def metrics(params: PyTree) -> dict:
+        train = nn.evaluate_classifier(model, params, dataset.x_train, dataset.y_train)
+        test = nn.evaluate_classifier(model, params, dataset.x_test, dataset.y_test)
+        return {
+            "train_loss": train["loss"],
+            "train_accuracy": train["accuracy"],
+            "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"],
+        }
+
+    return metrics
+
+
+def train_optax(
+    model: nn.FlaxModel,
+    dataset: Dataset,
+    key: jax.Array,
+    num_steps: int,
+    *,
+    optimizer: optax.GradientTransformation | None = None,
+    loss: str | Callable = "cross_entropy",
+    batch_size: int = 256,
+    eval_every: int = 50,
+    progress: bool = False,
+) -> TimedRun:
+    """Train ``model`` from ``model.params`` on ``dataset`` with backprop; measured like ES.
+
+    Minibatches are drawn as ES draws them (:func:`esjax.nn.minibatch_indices`), evaluation rows
+    hold train/test loss and accuracy. Returns a :class:`TimedRun` whose ``state.params`` are
+    the trained parameters.
+    """
+    batch_size = check_int("batch_size", batch_size, 1)
+    loss_fn = nn.dataset_fitness(model, loss, dataset.x_train, dataset.y_train, batch_size)
+    trainer = optax_trainer(loss_fn, optimizer)
+    metrics = classifier_metrics(model, dataset)
+    return timed_run(
+        trainer.step,
+        trainer.init(model.params),
+        key,
+        num_steps,
+        counter=lambda state: state.step,
+        evaluate=lambda state: metrics(state.params),
+        eval_every=eval_every,
+        forward_passes_per_step=(1 + BACKWARD_COST_IN_FORWARDS) * batch_size,
+        progress=progress,
+        description=trainer.name,
+    )

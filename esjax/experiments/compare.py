@@ -1,0 +1,481 @@
+"""Gradient-free vs gradient on the same Flax model: ``esjax compare CONFIG.yaml``.
+
+A comparison config names one task, one model and several methods; every method starts from the
+same initial parameters, trains on the same split with the same minibatch size and sampler, and
+is measured by the same loop (:func:`esjax.baselines.timed_run`)::
+
+    name: digits_compare
+    seed: 0
+    task: {name: digits, seed: 1}          # or {name: mnist, path: ~/data/mnist}
+    model: {hidden: [32], activation: tanh, api: linen}
+    loss: cross_entropy                    # cross_entropy | mse | zero_one
+    batch_size: 256                        # examples per generation / per step
+    eval_every: 50                         # steps between test evaluations
+    target_accuracy: 0.95
+    methods:
+      - label: openai_es                   # a gradient-free method: any registered strategy
+        strategy: {name: openai_es, population_size: 256, sigma: 0.05}
+        generations: 1000
+      - label: adam                        # a gradient method: any optax optimizer
+        optimizer: {name: adam, learning_rate: 0.003}
+        steps: 1000
+
+A method may override ``loss``, ``batch_size``, ``eval_every`` and ``activation`` (e.g. the
+straight-through variant of a step-activation network; the forward pass is unchanged), and a
+gradient-free one may set ``population_batch_size`` (evaluate the population in chunks).
+
+Outputs in ``<output_dir>/<name>/``: ``<label>/metrics.csv`` per method, ``summary.json``,
+``comparison.md``, ``accuracy_vs_wall_clock.png`` and ``accuracy_vs_forward_passes.png``.
+
+A config with a ``scaling: {hidden: [[16], [64], ...]}`` section is a scaling study instead: every
+method runs once per hidden-layer configuration (stopping at the target accuracy unless
+``stop_at_target: false``) and the outputs are ``scaling/<label>_hidden_<widths>/metrics.csv``,
+``scaling.csv``, ``scaling.md`` and ``scaling.png`` (steps and forward passes to the target
+against the parameter count), plus ``summary.json``.
+
+Keys: the model's initial parameters use ``fold_in(seed_key, 0)``, a strategy's ``init``
+``fold_in(seed_key, 1)`` and every method's run ``fold_in(seed_key, 2)``; since gradient step
+``t`` and ES generation ``t`` derive their minibatch key alike, they see the same examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import yaml
+
+from esjax import nn
+from esjax.base import check_int
+from esjax.baselines import (
+    BACKWARD_COST_IN_FORWARDS,
+    classifier_metrics,
+    optax_trainer,
+    timed_run,
+)
+from esjax.experiments import report
+from esjax.experiments.config import build_optimizer, build_strategy, validate_strategy_section
+from esjax.loop import make_generation
+from esjax.tasks.supervised import Dataset, load_dataset
+
+METHOD_KEYS = (
+    "label",
+    "strategy",
+    "optimizer",
+    "generations",
+    "steps",
+    "loss",
+    "batch_size",
+    "eval_every",
+    "activation",
+    "population_batch_size",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    """One method of a comparison.
+
+    Attributes:
+      label: its name in tables, plots and the output folder.
+      strategy: a strategy section (gradient-free), or None.
+      optimizer: an optax optimizer section (gradient), or None.
+      steps: generations or optimizer steps.
+      loss, batch_size, eval_every, activation: overrides of the comparison's defaults.
+      population_batch_size: evaluate the population this many members at a time.
+    """
+
+    label: str
+    strategy: dict | None
+    optimizer: dict | None
+    steps: int
+    loss: str
+    batch_size: int | None
+    eval_every: int
+    activation: str
+    population_batch_size: int | None = None
+
+    @property
+    def gradient_free(self) -> bool:
+        return self.strategy is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class ComparisonConfig:
+    """A validated comparison (see the module docstring for the YAML layout)."""
+
+    name: str
+    seed: int
+    task: dict
+    model: dict
+    methods: tuple[MethodConfig, ...]
+    target_accuracy: float
+    stop_at_target: bool
+    output_dir: str
+    scaling: dict | None
+    raw: dict
+
+
+TOP_KEYS = {
+    "name": str,
+    "seed": int,
+    "task": dict,
+    "model": dict,
+    "loss": str,
+    "batch_size": (int, type(None)),
+    "eval_every": int,
+    "target_accuracy": (int, float),
+    "stop_at_target": bool,
+    "output_dir": str,
+    "methods": list,
+    "scaling": dict,
+}
+MODEL_KEYS = ("hidden", "activation", "api")
+
+
+def _check_keys(section: str, given: dict, valid) -> None:
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {section}; valid keys are {sorted(valid)}")
+
+
+def _parse_method(raw: Any, defaults: dict, steps_override: int | None) -> MethodConfig:
+    if not isinstance(raw, dict):
+        raise TypeError(f"each entry of methods must be a mapping, got {type(raw).__name__}")
+    _check_keys("a method", raw, METHOD_KEYS)
+    if ("strategy" in raw) == ("optimizer" in raw):
+        raise ValueError(
+            "each method needs exactly one of 'strategy' (gradient-free) or 'optimizer' "
+            f"(gradient), got {sorted(raw)}"
+        )
+    if "strategy" in raw:
+        validate_strategy_section(raw["strategy"])
+    label = raw.get("label") or (raw.get("strategy") or raw.get("optimizer"))["name"]
+    budget = [raw[k] for k in ("generations", "steps") if k in raw]
+    if len(budget) != 1:
+        raise ValueError(f"method {label!r} needs one of 'generations' or 'steps'")
+    steps = check_int(
+        f"method {label!r} generations/steps",
+        steps_override if steps_override is not None else budget[0],
+        1,
+    )
+    batch_size = raw.get("batch_size", defaults["batch_size"])
+    if batch_size is not None:
+        batch_size = check_int(f"method {label!r} batch_size", batch_size, 1)
+    population_batch_size = raw.get("population_batch_size")
+    if population_batch_size is not None:
+        population_batch_size = check_int(
+            f"method {label!r} population_batch_size", population_batch_size, 1
+        )
+    activation = raw.get("activation", defaults["activation"])
+    nn.get_activation(activation)
+    loss = raw.get("loss", defaults["loss"])
+    nn.get_loss(loss)
+    return MethodConfig(
+        label=str(label),
+        strategy=raw.get("strategy"),
+        optimizer=raw.get("optimizer"),
+        steps=steps,
+        loss=loss,
+        batch_size=batch_size,
+        eval_every=check_int(
+            f"method {label!r} eval_every", raw.get("eval_every", defaults["eval_every"]), 1
+        ),
+        activation=activation,
+        population_batch_size=population_batch_size,
+    )
+
+
+def parse_comparison(
+    raw: dict, *, steps: int | None = None, methods: list[str] | None = None
+) -> ComparisonConfig:
+    """Validate a comparison config dict; ``steps`` overrides every method's budget and
+    ``methods`` keeps only the listed labels."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"a config must be a mapping at the top level, got {type(raw).__name__}")
+    _check_keys("the comparison config", raw, TOP_KEYS)
+    for key in ("name", "task", "methods"):
+        if key not in raw:
+            raise ValueError(f"comparison config is missing required key {key!r}")
+    for key, value in raw.items():
+        wrong_bool = isinstance(value, bool) and TOP_KEYS[key] is not bool
+        if wrong_bool or not isinstance(value, TOP_KEYS[key]):
+            raise TypeError(f"config key {key!r} has the wrong type {type(value).__name__}")
+    model = {"hidden": [32], "activation": "tanh", "api": "linen", **raw.get("model", {})}
+    _check_keys("model", model, MODEL_KEYS)
+    if "name" not in raw["task"]:
+        raise ValueError("the task section needs a 'name' ('digits' or 'mnist')")
+    defaults = {
+        "loss": raw.get("loss", "cross_entropy"),
+        "batch_size": raw.get("batch_size", 256),
+        "eval_every": raw.get("eval_every", 50),
+        "activation": model["activation"],
+    }
+    parsed = tuple(_parse_method(m, defaults, steps) for m in raw["methods"])
+    labels = [m.label for m in parsed]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"method labels must be unique, got {labels}")
+    if methods:
+        unknown = sorted(set(methods) - set(labels))
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; the config has {labels}")
+        parsed = tuple(m for m in parsed if m.label in methods)
+    if not parsed:
+        raise ValueError("methods must list at least one method")
+    scaling = raw.get("scaling")
+    if scaling is not None:
+        _check_keys("scaling", scaling, ("hidden",))
+        if not scaling.get("hidden"):
+            raise ValueError("scaling needs 'hidden': a list of hidden-layer width lists")
+    target = float(raw.get("target_accuracy", 0.95))
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target_accuracy must lie in (0, 1], got {target}")
+    return ComparisonConfig(
+        name=raw["name"],
+        seed=raw.get("seed", 0),
+        task=dict(raw["task"]),
+        model=model,
+        methods=parsed,
+        target_accuracy=target,
+        stop_at_target=raw.get("stop_at_target", scaling is not None),
+        output_dir=raw.get("output_dir", "results"),
+        scaling=scaling,
+        raw=raw,
+    )
+
+
+def load_comparison(path: str | Path, **overrides) -> ComparisonConfig:
+    """Read and validate a comparison YAML file (``overrides`` as in :func:`parse_comparison`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    with path.open() as handle:
+        return parse_comparison(yaml.safe_load(handle), **overrides)
+
+
+def load_task(task: dict) -> Dataset:
+    """The data set a ``task`` section names (``digits``: ``seed``, ``test_fraction``;
+    ``mnist``: ``path``)."""
+    kwargs = {k: v for k, v in task.items() if k != "name"}
+    return load_dataset(task["name"], **kwargs)
+
+
+def _solution(state) -> jax.Array:
+    # The search mean is the method's current estimate where it has one (ES, CMA-ES); otherwise
+    # the best member seen (annealing, swarms).
+    return state.mean if hasattr(state, "mean") else state.best_solution
+
+
+class MethodSetup(NamedTuple):
+    """Everything :func:`run_method` hands to :func:`esjax.baselines.timed_run`."""
+
+    model: nn.FlaxModel
+    step_fn: Callable
+    state: Any
+    counter: Callable
+    evaluate: Callable
+    forward_passes_per_step: int
+    examples_per_step: int
+    description: str
+
+
+def build_method(
+    method: MethodConfig, dataset: Dataset, model_section: dict, seed: int
+) -> MethodSetup:
+    """The model, step function and initial state of one method (nothing is compiled)."""
+    seed_key = jax.random.key(seed)
+    model = nn.mlp(
+        dataset.num_features,
+        dataset.num_classes,
+        model_section["hidden"],
+        method.activation,
+        key=jax.random.fold_in(seed_key, 0),
+        api=model_section["api"],
+    )
+    batch_size = method.batch_size
+    examples = dataset.num_train if batch_size is None else batch_size
+    fitness = nn.dataset_fitness(model, method.loss, dataset.x_train, dataset.y_train, batch_size)
+    metrics = classifier_metrics(model, dataset)
+    if method.gradient_free:
+        es = build_strategy(method.strategy)
+        return MethodSetup(
+            model=model,
+            step_fn=make_generation(
+                es,
+                fitness,
+                batch_size=method.population_batch_size,
+                fitness_takes_key=batch_size is not None,
+            ),
+            state=es.init(jax.random.fold_in(seed_key, 1), model.params),
+            counter=lambda s: s.generation,
+            evaluate=lambda s: metrics(s.unravel(_solution(s))),
+            forward_passes_per_step=es.population_size * examples,
+            examples_per_step=examples,
+            description=f"{method.strategy['name']}, population {es.population_size}",
+        )
+    trainer = optax_trainer(fitness, build_optimizer(method.optimizer), method.label)
+    return MethodSetup(
+        model=model,
+        step_fn=trainer.step,
+        state=trainer.init(model.params),
+        counter=lambda s: s.step,
+        evaluate=lambda s: metrics(s.params),
+        forward_passes_per_step=(1 + BACKWARD_COST_IN_FORWARDS) * examples,
+        examples_per_step=examples,
+        description=f"optax.{method.optimizer['name']} (backprop)",
+    )
+
+
+def run_method(
+    method: MethodConfig,
+    dataset: Dataset,
+    model_section: dict,
+    seed: int,
+    *,
+    target_accuracy: float,
+    stop_at_target: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train one method and return its summary (with ``history``: the evaluation rows)."""
+    setup = build_method(method, dataset, model_section, seed)
+    stop = (lambda row: row["test_accuracy"] >= target_accuracy) if stop_at_target else None
+    result = timed_run(
+        setup.step_fn,
+        setup.state,
+        jax.random.fold_in(jax.random.key(seed), 2),
+        method.steps,
+        counter=setup.counter,
+        evaluate=setup.evaluate,
+        eval_every=method.eval_every,
+        forward_passes_per_step=setup.forward_passes_per_step,
+        stop=stop,
+        progress=progress,
+        description=method.label,
+    )
+    final = result.history[-1]
+    return {
+        "label": method.label,
+        "kind": "gradient-free" if method.gradient_free else "gradient",
+        "description": setup.description,
+        "loss": method.loss,
+        "activation": method.activation,
+        "num_params": setup.model.num_params,
+        "batch_size": setup.examples_per_step,
+        "steps": result.steps,
+        "forward_passes_per_step": setup.forward_passes_per_step,
+        "forward_passes": final["forward_passes"],
+        "wall_clock_s": final["wall_clock_s"],
+        "compile_s": result.compile_seconds,
+        "final_test_accuracy": final["test_accuracy"],
+        "final_test_loss": final["test_loss"],
+        "best_test_accuracy": max(row["test_accuracy"] for row in result.history),
+        "target": report.time_to_target(result.history, target_accuracy),
+        "history": result.history,
+    }
+
+
+def _without_history(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k != "history"}
+
+
+def run_comparison(
+    config: ComparisonConfig,
+    *,
+    output_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run every method (and the scaling study, if configured) and write all outputs.
+
+    Returns:
+      ``{"run_dir", "methods": [summary, ...], "scaling": [row, ...] or None}``.
+    """
+    run_dir = Path(output_dir or config.output_dir) / config.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dataset = load_task(config.task)
+    context = {
+        "name": config.name,
+        "task": dataset.name,
+        "num_train": dataset.num_train,
+        "num_test": int(dataset.x_test.shape[0]),
+        "model": config.model,
+        "target_accuracy": config.target_accuracy,
+        "seed": config.seed,
+    }
+    summaries, scaling_rows = [], None
+    if config.scaling is not None:
+        scaling_rows = run_scaling(config, dataset, run_dir, progress=progress)
+    else:
+        for method in config.methods:
+            summary = run_method(
+                method,
+                dataset,
+                config.model,
+                config.seed,
+                target_accuracy=config.target_accuracy,
+                stop_at_target=config.stop_at_target,
+                progress=progress,
+            )
+            report.write_metrics_csv(run_dir / method.label / "metrics.csv", summary["history"])
+            summaries.append(summary)
+        report.plot_accuracy(summaries, run_dir, config.target_accuracy)
+        report.write_comparison_md(run_dir / "comparison.md", context, summaries)
+    (run_dir / "summary.json").write_text(
+        json.dumps(
+            {
+                **context,
+                "methods": [_without_history(s) for s in summaries],
+                "scaling": scaling_rows,
+                "config": config.raw,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return {"run_dir": str(run_dir), "methods": summaries, "scaling": scaling_rows}
+
+
+def run_scaling(
+    config: ComparisonConfig, dataset: Dataset, run_dir: Path, *, progress: bool = True
+) -> list[dict]:
+    """Every method at every ``scaling.hidden`` configuration; writes the scaling outputs."""
+    rows = []
+    for hidden in config.scaling["hidden"]:
+        hidden = [int(width) for width in (hidden if isinstance(hidden, list) else [hidden])]
+        model_section = {**config.model, "hidden": hidden}
+        tag = "x".join(str(width) for width in hidden) or "linear"
+        for method in config.methods:
+            summary = run_method(
+                method,
+                dataset,
+                model_section,
+                config.seed,
+                target_accuracy=config.target_accuracy,
+                stop_at_target=config.stop_at_target,
+                progress=progress,
+            )
+            report.write_metrics_csv(
+                run_dir / "scaling" / f"{method.label}_hidden_{tag}" / "metrics.csv",
+                summary["history"],
+            )
+            target = summary["target"]
+            rows.append(
+                {
+                    "label": method.label,
+                    "hidden": tag,
+                    "num_params": summary["num_params"],
+                    "reached": target is not None,
+                    "steps_to_target": None if target is None else target["step"],
+                    "forward_passes_to_target": None
+                    if target is None
+                    else target["forward_passes"],
+                    "seconds_to_target": None if target is None else target["wall_clock_s"],
+                    "steps_run": summary["steps"],
+                    "best_test_accuracy": summary["best_test_accuracy"],
+                }
+            )
+    report.write_scaling(run_dir, rows, config.target_accuracy)
+    return rows

@@ -1,0 +1,329 @@
+"""Flax models as population fitness functions: one vmapped ``apply`` over a flat population.
+
+A :class:`FlaxModel` holds a model's ``apply(params, inputs)``, its initial parameters and the
+:class:`~esjax.flatten.FlatSpec` that maps a flat ``(num_params,)`` vector to those parameters,
+for either API:
+
+- ``flax.linen``: :func:`from_linen` (``module.init`` / ``module.apply``);
+- ``flax.nnx``: :func:`from_nnx` (``nnx.split`` into graphdef, ``nnx.Param`` state and the rest;
+  only the parameters are searched, other state is held fixed).
+
+A fitness function scores **one** member (its parameters pytree) on a data set; the loop
+(:func:`esjax.loop.evaluate_population`) vmaps it over the population, so a generation is one
+batched ``apply``: for a dense layer, ``x @ W_i`` for all members ``i`` is a single batched matmul,
+with no Python loop. ``batch_size`` there evaluates the population in chunks to cap activation
+memory (``population × examples × width`` floats per layer).
+
+Losses (all minimised, all means over examples):
+
+- ``cross_entropy``: softmax cross-entropy of logits against integer labels;
+- ``mse``: mean squared error (integer labels are one-hot encoded against the outputs);
+- ``zero_one``: the 0-1 error ``mean(argmax(logits) != label)``: piecewise constant, so its
+  gradient is zero almost everywhere; gradient-free methods can still optimise it.
+
+Activations for :class:`MLP` include ``step`` (Heaviside, zero gradient almost everywhere: a
+network gradients cannot train through) and ``step_straight_through``: the same forward values,
+with the straight-through estimator of Bengio, Léonard & Courville, "Estimating or Propagating
+Gradients Through Stochastic Neurons for Conditional Computation", 2013, arXiv:1308.3432, whose
+backward pass uses the derivative of the hard sigmoid ``clip((x + 1) / 2, 0, 1)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import linen, nnx
+
+from esjax.base import check_int
+from esjax.flatten import FlatSpec, flatten
+from esjax.loop import evaluate_population
+
+PyTree = Any
+
+
+@jax.custom_jvp
+def step(x: jax.Array) -> jax.Array:
+    """Heaviside step ``1[x > 0]``; its derivative is zero wherever it is defined."""
+    return (x > 0).astype(x.dtype)
+
+
+@step.defjvp
+def _step_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return step(x), jnp.zeros_like(dx)
+
+
+@jax.custom_jvp
+def step_straight_through(x: jax.Array) -> jax.Array:
+    """Heaviside step forward; straight-through (hard-sigmoid) derivative backward."""
+    return (x > 0).astype(x.dtype)
+
+
+@step_straight_through.defjvp
+def _step_straight_through_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    # d/dx clip((x + 1) / 2, 0, 1): a surrogate slope, so the forward values stay exactly 0/1.
+    slope = jnp.where(jnp.abs(x) <= 1.0, 0.5, 0.0).astype(x.dtype)
+    return step_straight_through(x), slope * dx
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "gelu": jax.nn.gelu,
+    "sigmoid": jax.nn.sigmoid,
+    "step": step,
+    "step_straight_through": step_straight_through,
+}
+
+
+def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The activation registered under ``name`` (ValueError listing the valid names otherwise)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]
+
+
+class MLP(linen.Module):
+    """A ``flax.linen`` multilayer perceptron: Dense → activation, repeated, then a Dense head.
+
+    ``hidden=()`` gives a linear model.
+    """
+
+    hidden: tuple[int, ...] = (32,)
+    num_outputs: int = 10
+    activation: str = "tanh"
+
+    @linen.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        activation = get_activation(self.activation)
+        for width in self.hidden:
+            x = activation(linen.Dense(width)(x))
+        return linen.Dense(self.num_outputs)(x)
+
+
+class NnxMLP(nnx.Module):
+    """The ``flax.nnx`` twin of :class:`MLP` (same layers, same flat parameter order)."""
+
+    def __init__(
+        self,
+        num_inputs: int,
+        hidden: Sequence[int],
+        num_outputs: int,
+        activation: str = "tanh",
+        *,
+        rngs: nnx.Rngs,
+    ):
+        sizes = [num_inputs, *hidden, num_outputs]
+        self.layers = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        )
+        get_activation(activation)
+        self.activation = activation
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        activation = get_activation(self.activation)
+        for layer in self.layers[:-1]:
+            x = activation(layer(x))
+        return self.layers[-1](x)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlaxModel:
+    """A Flax model as a function of its parameters, with a flat view of them.
+
+    Attributes:
+      apply: ``(params, inputs) -> outputs`` with ``params`` shaped like :attr:`params`.
+      params: the initial parameters (a pytree); pass it to ``es.init`` as ``x0``.
+      spec: maps a flat ``(num_params,)`` vector to a ``params`` pytree.
+    """
+
+    apply: Callable[[PyTree, jax.Array], jax.Array]
+    params: PyTree
+    spec: FlatSpec
+
+    @property
+    def num_params(self) -> int:
+        return self.spec.num_dims
+
+    @property
+    def x0(self) -> jax.Array:
+        """The initial parameters as one flat ``(num_params,)`` vector."""
+        return flatten(self.params)[0]
+
+    def apply_flat(self, vector: jax.Array, inputs: jax.Array) -> jax.Array:
+        """``apply`` for a flat ``(num_params,)`` parameter vector."""
+        return self.apply(self.spec.unflatten(vector), inputs)
+
+
+def from_linen(module: linen.Module, key: jax.Array, sample_inputs: jax.Array) -> FlaxModel:
+    """Wrap a ``flax.linen`` module: ``params = module.init(key, sample_inputs)``."""
+    params = module.init(key, sample_inputs)
+    return FlaxModel(apply=module.apply, params=params, spec=flatten(params)[1])
+
+
+def from_nnx(module: nnx.Module) -> FlaxModel:
+    """Wrap a ``flax.nnx`` module; its ``nnx.Param`` variables are the searched parameters.
+
+    Other state (batch statistics, RNG counters) is held at its current value.
+    """
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+
+    def apply(params: PyTree, inputs: jax.Array) -> jax.Array:
+        return nnx.merge(graphdef, params, rest)(inputs)
+
+    return FlaxModel(apply=apply, params=params, spec=flatten(params)[1])
+
+
+def mlp(
+    num_inputs: int,
+    num_outputs: int,
+    hidden: Sequence[int] = (32,),
+    activation: str = "tanh",
+    *,
+    key: jax.Array,
+    api: str = "linen",
+) -> FlaxModel:
+    """An :class:`MLP` (``api="linen"``) or :class:`NnxMLP` (``api="nnx"``) as a FlaxModel.
+
+    ``key`` seeds the initial parameters (LeCun-normal weights, zero biases).
+    """
+    hidden = tuple(int(width) for width in hidden)
+    get_activation(activation)
+    if api == "linen":
+        module = MLP(hidden=hidden, num_outputs=num_outputs, activation=activation)
+        return from_linen(module, key, jnp.zeros((1, num_inputs)))
+    if api == "nnx":
+        seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+        return from_nnx(NnxMLP(num_inputs, hidden, num_outputs, activation, rngs=nnx.Rngs(seed)))
+    raise ValueError(f"api must be 'linen' or 'nnx', got {api!r}")
+
+
+def cross_entropy(outputs: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy of logits ``(n, classes)`` against int ``labels`` ``(n,)``."""
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs, labels))
+
+
+def mse(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean squared error; integer class labels are one-hot encoded to ``outputs``' width."""
+    if jnp.issubdtype(targets.dtype, jnp.integer) and targets.ndim == outputs.ndim - 1:
+        targets = jax.nn.one_hot(targets, outputs.shape[-1], dtype=outputs.dtype)
+    return jnp.mean(jnp.square(outputs - targets.reshape(outputs.shape)))
+
+
+def zero_one_error(outputs: jax.Array, labels: jax.Array) -> jax.Array:
+    """Fraction misclassified, ``mean(argmax(outputs) != labels)``: gradient zero a.e."""
+    return jnp.mean(jnp.argmax(outputs, axis=-1) != labels).astype(outputs.dtype)
+
+
+def accuracy(outputs: jax.Array, labels: jax.Array) -> jax.Array:
+    """Fraction classified correctly (``1 - zero_one_error``)."""
+    return jnp.mean(jnp.argmax(outputs, axis=-1) == labels)
+
+
+LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "cross_entropy": cross_entropy,
+    "mse": mse,
+    "zero_one": zero_one_error,
+}
+
+
+def get_loss(loss: str | Callable) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """A loss by name from :data:`LOSSES`, or ``loss`` itself if it is callable."""
+    if callable(loss):
+        return loss
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {sorted(LOSSES)} or a callable, got {loss!r}")
+    return LOSSES[loss]
+
+
+def minibatch_indices(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
+    """``(batch_size,)`` example indices drawn uniformly with replacement from ``key``.
+
+    ES fitness and the gradient baseline both draw their minibatches with this function.
+    """
+    return jax.random.randint(key, (batch_size,), 0, num_examples)
+
+
+def dataset_fitness(
+    model: FlaxModel,
+    loss: str | Callable,
+    inputs: jax.Array,
+    targets: jax.Array,
+    batch_size: int | None = None,
+) -> Callable[..., jax.Array]:
+    """``fitness(params, key=None) -> scalar`` loss of one member, minimised.
+
+    With a ``key`` and ``batch_size``, the loss is on the minibatch :func:`minibatch_indices`
+    draws from that key; run it with ``fitness_takes_key=True`` so all members of a generation
+    share the key, hence the minibatch. Without a key it is the loss on all of ``inputs``.
+    """
+    loss_fn = get_loss(loss)
+    inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
+    num_examples = inputs.shape[0]
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size, 1)
+
+    def fitness(params: PyTree, key: jax.Array | None = None) -> jax.Array:
+        if key is None or batch_size is None:
+            return loss_fn(model.apply(params, inputs), targets)
+        index = minibatch_indices(key, num_examples, batch_size)
+        return loss_fn(model.apply(params, inputs[index]), targets[index])
+
+    return fitness
+
+
+def population_fitness(
+    model: FlaxModel,
+    loss: str | Callable,
+    population: jax.Array,
+    inputs: jax.Array,
+    targets: jax.Array,
+    *,
+    batch_size: int | None = None,
+) -> jax.Array:
+    """Loss of every row of a flat ``(population_size, num_params)`` population on the data.
+
+    One vmapped ``apply`` (or ``lax.map`` over chunks of ``batch_size`` members).
+
+    Returns:
+      ``(population_size,)`` losses, minimised.
+    """
+    fitness = dataset_fitness(model, loss, inputs, targets)
+    return evaluate_population(fitness, population, model.spec, batch_size=batch_size)
+
+
+def evaluate_classifier(
+    model: FlaxModel, params: PyTree, inputs: jax.Array, labels: jax.Array
+) -> dict[str, jax.Array]:
+    """``{"loss": cross-entropy, "accuracy": ...}`` of one parameter set on a labelled set."""
+    outputs = model.apply(params, inputs)
+    return {"loss": cross_entropy(outputs, labels), "accuracy": accuracy(outputs, labels)}
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "LOSSES",
+    "MLP",
+    "FlaxModel",
+    "NnxMLP",
+    "accuracy",
+    "cross_entropy",
+    "dataset_fitness",
+    "evaluate_classifier",
+    "from_linen",
+    "from_nnx",
+    "get_activation",
+    "get_loss",
+    "minibatch_indices",
+    "mlp",
+    "mse",
+    "population_fitness",
+    "step",
+    "step_straight_through",
+]

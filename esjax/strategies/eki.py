@@ -1,0 +1,377 @@
+"""Ensemble Kalman inversion (EKI): a derivative-free least-squares solver on residual vectors.
+
+Reference: Kovachki & Stuart, "Ensemble Kalman Inversion: A Derivative-Free Technique for Machine
+Learning Tasks", 2019, arXiv:1808.03620. Tikhonov-EKI: Chada, Stuart & Tong, "Tikhonov
+Regularization within Ensemble Kalman Inversion", 2020, arXiv:1901.10382.
+
+**Residuals, not a scalar fitness.** EKI solves ``y = G(u) + η`` with ``η ~ N(0, Γ)``: it needs
+the whole output vector of every member, not a scalar loss. Its ``tell`` therefore takes
+``residuals`` of shape ``(ensemble_size, m)``, row ``j`` being ``G(u_j) - y`` for member ``u_j``
+(predictions minus targets, flattened). The targets live with the data, in the function that
+evaluates a member: under :func:`esjax.run` that function returns the residual vector instead of
+a scalar, and with ``fitness_takes_key=True`` it can draw a minibatch from the per-generation key,
+shared by every member, so the targets may change every generation as in the paper's
+mini-batched experiments (``m`` is fixed: the minibatch size times the outputs per example).
+``Γ`` is the ``noise_cov`` hyperparameter (a scalar, or an ``(m,)`` diagonal).
+
+**The update.** With ``J = ensemble_size`` members ``u_j``, residuals ``r_j = G(u_j) - y``,
+means ``ū``, ``r̄`` and the ensemble covariances::
+
+    C^up = 1/J Σ_j (u_j - ū)(r_j - r̄)ᵀ        C^pp = 1/J Σ_j (r_j - r̄)(r_j - r̄)ᵀ
+
+each member moves by the Kalman step with time step ``h`` (``step_size``)::
+
+    u_j ← u_j + h C^up (h C^pp + Γ)⁻¹ (ξ_j - r_j),      ξ_j ~ N(0, h⁻¹ Σ)        ("kalman")
+
+where ``Σ = Γ`` with ``perturb_observations=True`` (the stochastic EnKF update) and ``Σ = 0``
+otherwise. ``update="euler"`` instead takes the explicit Euler step of the continuous-time limit
+of this scheme, ``u_j ← u_j + h C^up Γ⁻¹ (ξ_j - r_j) = u_j - (h/J) Σ_k D_jk u_k``, with
+``D_jk = ⟨r_k - r̄, Γ⁻¹ r_j⟩``. ``adaptive_step=True`` uses the paper's adaptive time step
+``h_n = h / (‖D‖_F + ε)`` in either update.
+
+**Ensemble space.** Nothing of size ``(m, m)`` or ``(d, d)`` is formed. Stack the scaled output
+anomalies ``b_j = √(h/J) Γ^{-1/2} (r_j - r̄)`` as the rows of ``B`` (``J × m``), the parameter
+anomalies ``(u_j - ū)/√J`` as the rows of ``ΔU`` (``J × d``) and let
+``e_j = √h Γ^{-1/2} (ξ_j - r_j)``. Then ``C^up = ΔUᵀ B Γ^{1/2}/√h`` and the push-through
+identity ``B (I_m + Bᵀ B)⁻¹ = (I_J + B Bᵀ)⁻¹ B`` reduces the step to ``J × J`` algebra::
+
+    h C^up (h C^pp + Γ)⁻¹ (ξ_j - r_j) = ΔUᵀ (I_J + B Bᵀ)⁻¹ B e_j
+
+so a generation costs ``O(J² (m + d) + J³)``: the ``J × J`` products ``B Bᵀ`` and ``B Eᵀ``
+(``E``: rows ``e_j``), one ``J × J`` eigendecomposition, and the ``(J, d)`` update
+``U ← U + Mᵀ ΔU`` with ``M = (I_J + B Bᵀ)⁻¹ B Eᵀ``.
+
+**Tikhonov-EKI** (``tikhonov = λ > 0``) applies the same update to the augmented problem
+``[y; 0] = [G(u); u] + N(0, diag(Γ, I/λ))``, i.e. it minimises
+``½‖Γ^{-1/2}(G(u) - y)‖² + ½λ‖u‖²``; the extra block only adds ``λ ΔU ΔUᵀ`` terms to the
+``J × J`` Gram matrices.
+
+**Inflation.** ``ask`` returns the ensemble, optionally inflated:
+``ū + ρ (u_j - ū) + σ_a ε_j`` with ``ρ = inflation`` and ``σ_a = additive_inflation``. Without
+additive inflation every member stays in ``ū_0 + span{u_j(0) - ū_0}`` (the subspace property),
+so on a linear problem the mean converges to the least-squares solution *within that affine
+span*; fresh additive noise lets the ensemble leave it (needed when ``J ≪ d``, e.g. networks).
+
+**Non-finite residuals.** A member whose residual row has any NaN/±inf carries no information:
+it is left out of ``ū``, ``r̄``, ``C^up`` and ``C^pp`` and is not moved this generation; if every
+member is non-finite the ensemble is unchanged.
+
+**Usage.** The evaluated function returns the residual vector of one member::
+
+    def residuals(params, key):                      # a minibatch shared by all members
+        index = jax.random.choice(key, num_train, (batch,), replace=False)
+        probabilities = jax.nn.softmax(apply(params, x_train[index]))
+        return (probabilities - jax.nn.one_hot(y_train[index], 10)).ravel()
+
+    es = esjax.eki(ensemble_size=20, step_size=10.0, additive_inflation=0.03)
+    state = es.init(key, params)
+    state, metrics = esjax.run(es, residuals, key, state, 100, fitness_takes_key=True)
+    params = state.unravel(state.mean)
+
+**Best solution.** ``best_fitness`` is the smallest data misfit ``Φ(u_j) = ½‖Γ^{-1/2} r_j‖²`` of
+any *member* evaluated so far (on that generation's data, so with minibatches it is a noisy
+record), and ``best_solution`` that member. The ensemble mean, the paper's estimate, is
+``state.mean``; it is never evaluated by the strategy itself.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from esjax.base import (
+    Strategy,
+    StrategyState,
+    check_int,
+    check_params,
+    check_population,
+    init_best,
+    params_to_arrays,
+    update_best,
+)
+from esjax.flatten import flatten_x0
+
+UPDATES = ("kalman", "euler")
+
+# ε in the adaptive step h / (‖D‖_F + ε): only guards ‖D‖_F = 0 (a collapsed ensemble or a
+# perfect fit). The steps stay bounded as ‖D‖_F → 0: the Euler step h_n D is at most h, and the
+# Kalman step tends to the Gauss-Newton step within the ensemble's span.
+ADAPTIVE_EPS = 1e-8
+
+
+@struct.dataclass
+class EKIParams:
+    """Numeric hyperparameters (state leaves, so they can be vmapped over).
+
+    Attributes:
+      init_std: standard deviation of the initial ensemble around ``x0`` (> 0).
+      step_size: time step ``h`` (> 0); ``h → ∞`` in the Kalman update is a Gauss-Newton step
+        within the ensemble's span.
+      noise_cov: observation noise covariance ``Γ``: a scalar or an ``(m,)`` diagonal (> 0).
+      inflation: multiplicative inflation ``ρ >= 1`` of the anomalies in ``ask``.
+      additive_inflation: standard deviation ``σ_a >= 0`` of fresh noise added in ``ask``.
+      tikhonov: Tikhonov weight ``λ >= 0`` on ``½‖u‖²``.
+    """
+
+    init_std: float | jax.Array = 0.1
+    step_size: float | jax.Array = 1.0
+    noise_cov: float | jax.Array = 1.0
+    inflation: float | jax.Array = 1.0
+    additive_inflation: float | jax.Array = 0.0
+    tikhonov: float | jax.Array = 0.0
+
+
+PARAM_RANGES = {
+    "init_std": (0.0, None, False, True),
+    "step_size": (0.0, None, False, True),
+    "inflation": (1.0, None),
+    "additive_inflation": (0.0, None),
+    "tikhonov": (0.0, None),
+}
+
+
+def _check_eki_params(params: EKIParams) -> None:
+    check_params(params, PARAM_RANGES)
+    noise_cov = params.noise_cov
+    if isinstance(noise_cov, jax.core.Tracer):
+        return
+    values = np.asarray(noise_cov)
+    if values.ndim > 1:
+        raise ValueError(
+            f"noise_cov must be a scalar or an (m,) diagonal, got shape {values.shape}"
+        )
+    if not (np.all(np.isfinite(values)) and np.all(values > 0)):
+        raise ValueError("noise_cov must be finite and > 0 (a scalar or a positive diagonal)")
+
+
+@struct.dataclass
+class EKIState(StrategyState):
+    """EKI state: the ``(ensemble_size, num_dims)`` ensemble, a key and last-update diagnostics.
+
+    Attributes:
+      ensemble: the members ``u_j`` after the last update (``ask`` may inflate them).
+      key: PRNG key for the observation perturbations ``ξ_j`` drawn in ``tell``.
+      misfit: mean data misfit ``Φ`` of the finite members at the last ``tell``.
+      spread: root-mean-square distance of the members to their mean after the last update.
+      step: the time step ``h_n`` used by the last update.
+      params: the hyperparameters.
+    """
+
+    ensemble: jax.Array
+    key: jax.Array
+    misfit: jax.Array
+    spread: jax.Array
+    step: jax.Array
+    params: EKIParams
+
+    @property
+    def mean(self) -> jax.Array:
+        """The ensemble mean ``ū`` (flat), the EKI estimate."""
+        return jnp.mean(self.ensemble, axis=0)
+
+
+def _rms_spread(ensemble: jax.Array) -> jax.Array:
+    anomalies = ensemble - jnp.mean(ensemble, axis=0)
+    return jnp.sqrt(jnp.mean(jnp.sum(anomalies**2, axis=1)))
+
+
+def check_residuals(residuals: jax.Array, ensemble_size: int) -> jax.Array:
+    """Check at trace time that ``residuals`` is ``(ensemble_size, m)`` and floating."""
+    residuals = jnp.asarray(residuals)
+    if residuals.ndim != 2 or residuals.shape[0] != ensemble_size:
+        raise ValueError(
+            f"residuals must have shape (ensemble_size, m) = ({ensemble_size}, m): one residual "
+            f"vector G(u_j) - y per member, got {residuals.shape}"
+        )
+    if not jnp.issubdtype(residuals.dtype, jnp.floating):
+        residuals = residuals.astype(jnp.result_type(float))
+    return residuals
+
+
+def eki(
+    ensemble_size: int,
+    init_std: float = 0.1,
+    step_size: float = 1.0,
+    noise_cov: float | jax.Array = 1.0,
+    update: str = "kalman",
+    adaptive_step: bool = False,
+    perturb_observations: bool = False,
+    inflation: float = 1.0,
+    additive_inflation: float = 0.0,
+    tikhonov: float = 0.0,
+) -> Strategy:
+    """Build ensemble Kalman inversion (Kovachki & Stuart 2019); it minimises ``½‖Γ^{-1/2} r‖²``.
+
+    Unlike the scalar-fitness strategies, ``tell(state, population, residuals)`` takes the
+    per-member residual vectors ``G(u_j) - y`` as an ``(ensemble_size, m)`` array (see the module
+    docstring); :func:`esjax.run` passes them through when the evaluated function returns a vector.
+
+    Args:
+      ensemble_size: number of members ``J`` (>= 2); also the ``population_size``.
+      init_std: the initial ensemble is ``x0 + init_std · ε_j``, with ``ε`` centred so ``ū = x0``.
+      step_size: time step ``h`` (> 0).
+      noise_cov: ``Γ``, a scalar or an ``(m,)`` positive diagonal.
+      update: ``"kalman"`` (the discrete EKI update, default) or ``"euler"`` (explicit Euler
+        step of its continuous-time limit, no inverse).
+      adaptive_step: use ``h_n = h / (‖D‖_F + ε)``.
+      perturb_observations: perturb the targets with ``ξ_j ~ N(0, Γ/h)`` (``Σ = Γ``); default
+        ``Σ = 0``, the deterministic update.
+      inflation: multiplicative anomaly inflation ``ρ >= 1`` applied in ``ask``.
+      additive_inflation: standard deviation of fresh Gaussian noise added in ``ask`` (>= 0).
+      tikhonov: ``λ >= 0``: minimise ``½‖Γ^{-1/2}(G(u) - y)‖² + ½λ‖u‖²`` (Tikhonov-EKI).
+
+    Returns:
+      A :class:`~esjax.base.Strategy` whose ``tell`` takes residuals.
+
+    Example:
+      >>> es = eki(ensemble_size=20)
+      >>> state = es.init(jax.random.key(0), jnp.zeros(5))
+      >>> population, state = es.ask(jax.random.key(1), state)
+      >>> state = es.tell(state, population, population @ A.T - y)   # A: (m, 5), y: (m,)
+    """
+    ensemble_size = check_int("ensemble_size", ensemble_size, 2)
+    if update not in UPDATES:
+        raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
+    for name, flag in (
+        ("adaptive_step", adaptive_step),
+        ("perturb_observations", perturb_observations),
+    ):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
+    default_params = EKIParams(
+        init_std=init_std,
+        step_size=step_size,
+        noise_cov=noise_cov,
+        inflation=inflation,
+        additive_inflation=additive_inflation,
+        tikhonov=tikhonov,
+    )
+    _check_eki_params(default_params)
+
+    def init(key: jax.Array, x0, params: EKIParams | None = None) -> EKIState:
+        params = default_params if params is None else params
+        _check_eki_params(params)
+        mean, spec = flatten_x0(x0)
+        init_key, state_key = jax.random.split(key)
+        noise = jax.random.normal(init_key, (ensemble_size, mean.shape[0]), mean.dtype)
+        noise = noise - jnp.mean(noise, axis=0)
+        params = params_to_arrays(params, mean.dtype)
+        ensemble = mean + params.init_std * noise
+        best_solution, best_fitness = init_best(mean)
+        return EKIState(
+            best_solution=best_solution,
+            best_fitness=best_fitness,
+            generation=jnp.array(0, jnp.int32),
+            spec=spec,
+            ensemble=ensemble,
+            key=state_key,
+            misfit=jnp.array(jnp.inf, mean.dtype),
+            spread=_rms_spread(ensemble),
+            step=params.step_size,
+            params=params,
+        )
+
+    def ask(key: jax.Array, state: EKIState) -> tuple[jax.Array, EKIState]:
+        mean = state.mean
+        noise = jax.random.normal(key, state.ensemble.shape, state.ensemble.dtype)
+        population = (
+            mean
+            + state.params.inflation * (state.ensemble - mean)
+            + state.params.additive_inflation * noise
+        )
+        return population, state
+
+    def tell(state: EKIState, population: jax.Array, residuals: jax.Array) -> EKIState:
+        residuals = check_residuals(residuals, ensemble_size)
+        check_population(population, ensemble_size, state.num_dims)
+        num_outputs = residuals.shape[1]
+        dtype = state.ensemble.dtype
+        params = state.params
+        noise_cov = jnp.asarray(params.noise_cov, dtype)
+        if noise_cov.ndim == 1 and noise_cov.shape[0] != num_outputs:
+            raise ValueError(
+                f"noise_cov must be a scalar or have shape (m,) = ({num_outputs},), "
+                f"got {noise_cov.shape}"
+            )
+
+        # A member with any non-finite output is dropped from every statistic; `where` (not a
+        # multiply by 0) keeps NaN out of the sums.
+        valid = jnp.all(jnp.isfinite(residuals), axis=1)
+        count = jnp.sum(valid)
+        weight = valid.astype(dtype)[:, None]
+        scale = jnp.sqrt(jnp.maximum(count, 1).astype(dtype))
+        whitened = jnp.where(valid[:, None], residuals.astype(dtype), 0.0) * jax.lax.rsqrt(
+            noise_cov
+        )
+        misfits = 0.5 * jnp.sum(whitened**2, axis=1)
+
+        def anomalies(values):
+            center = jnp.sum(weight * values, axis=0) / jnp.maximum(count, 1)
+            return weight * (values - center) / scale
+
+        output_anomalies = anomalies(whitened)  # B / √h: (J, m), Γ-whitened, 1/√J-scaled
+        parameter_anomalies = anomalies(population)  # ΔU: (J, d)
+
+        # Gram matrices in the J × J ensemble space: gram[k, l] = ⟨b_k, b_l⟩ and
+        # cross[k, j] = ⟨b_k, e_j⟩ for the unscaled innovation e_j = ξ_j - r_j (whitened).
+        gram = output_anomalies @ output_anomalies.T
+        data_cross = -(output_anomalies @ whitened.T)
+        step = params.step_size
+        if adaptive_step:
+            # ‖D‖_F with D_jk = ⟨r_k - r̄, Γ⁻¹ r_j⟩ = -√J · data_cross[k, j].
+            step = step / (scale * jnp.sqrt(jnp.sum(data_cross**2)) + ADAPTIVE_EPS)
+        cross = data_cross
+        key, output_key, prior_key = jax.random.split(state.key, 3)
+        if perturb_observations:
+            # ξ_j ~ N(0, Γ/h): whitened by Γ^{-1/2} it is N(0, 1/h).
+            xi = jax.random.normal(output_key, residuals.shape, dtype) * jax.lax.rsqrt(step)
+            cross = cross + output_anomalies @ (weight * xi).T
+
+        # Tikhonov block: outputs u with target 0 and covariance I/λ; whitened by √λ its
+        # anomalies are √λ ΔU and its innovations √λ (ξ'_j - u_j), ξ'_j ~ N(0, I/(λh)).
+        gram = gram + params.tikhonov * (parameter_anomalies @ parameter_anomalies.T)
+        cross = cross - params.tikhonov * (parameter_anomalies @ (weight * population).T)
+        if perturb_observations:
+            prior_xi = weight * jax.random.normal(prior_key, population.shape, dtype)
+            cross = cross + jnp.sqrt(params.tikhonov / step) * (parameter_anomalies @ prior_xi.T)
+
+        if update == "kalman":
+            # (I + h·gram)⁻¹ via the eigendecomposition of the PSD gram: eigenvalues are clipped
+            # at 0 against round-off, so every factor 1/(1 + h s) lies in (0, 1].
+            eigenvalues, eigenvectors = jnp.linalg.eigh(gram)
+            eigenvalues = jnp.maximum(eigenvalues, 0.0)
+            coefficients = eigenvectors @ (
+                (eigenvectors.T @ (step * cross)) / (1.0 + step * eigenvalues)[:, None]
+            )
+        else:
+            coefficients = step * cross
+        # Invalid members have zero innovation columns, so they do not move (nor does anyone
+        # when every member is invalid: all anomalies are then zero).
+        ensemble = population + coefficients.T @ parameter_anomalies
+
+        finite_misfits = jnp.where(valid, misfits, jnp.inf)
+        mean_misfit = jnp.sum(jnp.where(valid, misfits, 0.0)) / jnp.maximum(count, 1)
+        return state.replace(
+            ensemble=ensemble.astype(dtype),
+            key=key,
+            misfit=jnp.where(count > 0, mean_misfit, jnp.inf).astype(dtype),
+            spread=_rms_spread(ensemble).astype(dtype),
+            step=jnp.asarray(step, dtype),
+            generation=state.generation + 1,
+            **update_best(state, population, finite_misfits),
+        )
+
+    def info(state: EKIState) -> dict:
+        return {"misfit": state.misfit, "spread": state.spread, "step_size": state.step}
+
+    return Strategy(
+        name="eki",
+        population_size=ensemble_size,
+        default_params=default_params,
+        init=init,
+        ask=ask,
+        tell=tell,
+        info=info,
+    )

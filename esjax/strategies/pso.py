@@ -1,0 +1,379 @@
+"""Particle swarm optimisation: Standard PSO 2011 (SPSO-2011), population-parallel.
+
+References: Zambrano-Bigiarini, Clerc & Rojas, "Standard Particle Swarm Optimisation 2011 at
+CEC-2013: A baseline for future PSO improvements", IEEE CEC 2013, doi:10.1109/CEC.2013.6557848;
+Clerc, "Standard Particle Swarm Optimisation", technical report, 2012, hal-00764996; Kennedy &
+Eberhart, "Particle swarm optimization", ICNN 1995, and Shi & Eberhart, "A modified particle swarm
+optimizer", 1998 (the classic inertia-weight update); Kennedy & Mendes, "Population structure and
+particle swarm performance", CEC 2002 (the ring topology).
+
+Particle ``i`` has position ``x_i``, velocity ``v_i``, personal best ``p_i`` and the best personal
+best ``l_i`` among its informants (the topology). With ``w = inertia``, ``c1 = cognitive``,
+``c2 = social`` and ``U1, U2 ~ U(0, 1)^d`` drawn **per particle and per dimension** (``⊙`` is the
+elementwise product), SPSO-2011 (``update="spso2011"``, the default) moves each particle by::
+
+    p'_i = x_i + c1 U1 ⊙ (p_i - x_i)          a point a little beyond p_i
+    l'_i = x_i + c2 U2 ⊙ (l_i - x_i)          a point a little beyond l_i
+    G_i  = (x_i + p'_i + l'_i) / 3            (G_i = (x_i + p'_i) / 2 when l_i is p_i itself)
+    x'_i ~ H(G_i, ||G_i - x_i||)              a random point in the hypersphere around G_i
+    v_i  ← w v_i + x'_i - x_i
+    x_i  ← x_i + v_i
+
+The hypersphere point is ``G_i + ρ ||G_i - x_i|| z / ||z||`` with ``z ~ N(0, I_d)`` and
+``ρ ~ U(0, 1)``, the radius law of Clerc's reference implementation. In expectation ``G_i`` is
+``x_i + c (p_i + l_i - 2 x_i) / 3``, the form often quoted for SPSO-2011; drawing ``U1, U2`` per
+dimension, as the 2013 paper and the reference code do, is what makes the swarm explore each
+coordinate separately. ``update="classic"`` is the SPSO-2006-style rule
+``v_i ← w v_i + c1 U1 ⊙ (p_i - x_i) + c2 U2 ⊙ (l_i - x_i)`` with the same constants.
+Defaults: ``w = 1 / (2 ln 2) ≈ 0.721``, ``c1 = c2 = 0.5 + ln 2 ≈ 1.193``.
+
+Topologies: ``"global"`` (every particle informs every other) and ``"ring"`` (lbest: particle
+``i`` is informed by itself and the ``num_neighbors / 2`` particles on each side, indices mod
+``n``). SPSO-2011's adaptive random topology is not implemented. Velocities are clipped to
+``[-max_velocity, max_velocity]`` per coordinate when ``max_velocity > 0``.
+
+Bounds (``lower_bound``/``upper_bound``). The initial swarm is ``x_i ~ U(lower, upper)`` and
+``v_i ~ U(lower - x_i, upper - x_i)`` as SPSO-2011 specifies; a coordinate that leaves the box is
+put back either by ``"clip"`` (SPSO-2011's confinement: ``x = bound``, ``v ← -0.5 v``) or by
+``"reflect"`` (mirrored in the violated bound, ``v ← -v``); ``x0`` then only fixes the dimension
+and pytree structure. Without bounds the same rule draws the swarm in the box
+``x0 ± init_spread`` and positions are never confined.
+
+Ask and tell. ``init`` needs no evaluated population: the first ``ask`` returns the initial swarm
+and the first ``tell`` sets the personal bests; every later ``ask`` moves the swarm. Non-finite
+fitness never becomes a personal best, so it never enters a velocity. Particle ``i``'s random
+numbers in a generation come from ``fold_in(key, i)`` alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from esjax import shaping
+from esjax.base import (
+    Strategy,
+    StrategyState,
+    check_fitness,
+    check_int,
+    check_params,
+    check_population,
+    init_best,
+    params_to_arrays,
+    update_best,
+)
+from esjax.flatten import flatten_x0
+
+TOPOLOGIES = ("global", "ring")
+UPDATES = ("spso2011", "classic")
+BOUNDS_HANDLING = ("clip", "reflect")
+
+
+@struct.dataclass
+class PSOParams:
+    """Numeric hyperparameters (state leaves, so they can be vmapped over).
+
+    Attributes:
+      inertia: ``w`` (>= 0).
+      cognitive: ``c1``, pull towards the particle's own best (>= 0).
+      social: ``c2``, pull towards the informants' best (>= 0).
+      max_velocity: per-coordinate velocity clamp (>= 0; 0: no clamping).
+      init_spread: half-width of the initial box around ``x0`` when no bounds are given (> 0).
+    """
+
+    inertia: float | jax.Array = 1.0 / (2.0 * math.log(2.0))
+    cognitive: float | jax.Array = 0.5 + math.log(2.0)
+    social: float | jax.Array = 0.5 + math.log(2.0)
+    max_velocity: float | jax.Array = 0.0
+    init_spread: float | jax.Array = 1.0
+
+
+PARAM_RANGES = {
+    "inertia": (0.0, None),
+    "cognitive": (0.0, None),
+    "social": (0.0, None),
+    "max_velocity": (0.0, None),
+    "init_spread": (0.0, None, False, True),
+}
+
+
+@struct.dataclass
+class PSOState(StrategyState):
+    """Swarm state.
+
+    Attributes:
+      positions: ``(population_size, num_dims)`` current positions ``x_i``.
+      velocities: ``(population_size, num_dims)`` velocities ``v_i``.
+      personal_best: ``(population_size, num_dims)`` personal bests ``p_i``.
+      personal_best_fitness: ``(population_size,)`` their fitness (the largest finite float
+        until a finite fitness is told).
+      diversity: scalar, mean distance of the last told swarm to its centroid.
+    """
+
+    positions: jax.Array
+    velocities: jax.Array
+    personal_best: jax.Array
+    personal_best_fitness: jax.Array
+    diversity: jax.Array
+    params: PSOParams
+
+
+def informant_best(
+    personal_best_fitness: jax.Array, topology: str, num_neighbors: int
+) -> jax.Array:
+    """Index ``l(i)`` of the best personal best among particle ``i``'s informants (itself too).
+
+    Ties go to the lowest index for ``"global"`` and to the first informant in ring order
+    ``i - k/2, ..., i + k/2`` for ``"ring"``; non-finite fitness counts as worst.
+    """
+    fitness = shaping.sanitize(personal_best_fitness)
+    n = fitness.shape[0]
+    if topology == "global":
+        return jnp.full((n,), jnp.argmin(fitness))
+    half = num_neighbors // 2
+    informants = (jnp.arange(n)[:, None] + jnp.arange(-half, half + 1)[None, :]) % n
+    return jnp.take_along_axis(informants, jnp.argmin(fitness[informants], axis=1)[:, None], 1)[
+        :, 0
+    ]
+
+
+def particle_draws(
+    key: jax.Array, index: jax.Array, num_dims: int, dtype=jnp.float32
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Particle ``index``'s random numbers for one move, a function of ``(key, index)`` alone.
+
+    Returns:
+      ``U1, U2`` (``(num_dims,)`` uniforms, per dimension), ``z`` (``(num_dims,)`` standard
+      normals, the hypersphere direction) and ``ρ`` (a scalar uniform, the radius fraction).
+    """
+    # One random-bits call per particle: XLA compiles every such kernel separately, so fewer
+    # calls keep the compile time of a scanned run down.
+    u = jax.random.uniform(jax.random.fold_in(key, index), (3 * num_dims + 1,), dtype)
+    u1, u2, u3 = u[:-1].reshape(3, num_dims)
+    # Inverse-CDF normals; u3 is moved off 0 so that the quantile stays finite.
+    z = jax.scipy.special.ndtri(jnp.maximum(u3, jnp.finfo(dtype).tiny))
+    return u1, u2, z, u[-1]
+
+
+def reflect_into(x: jax.Array, lower: jax.Array, upper: jax.Array) -> jax.Array:
+    """Mirror ``x`` into ``[lower, upper]`` (repeatedly, for steps longer than the box)."""
+    width = upper - lower
+    folded = jnp.mod(x - lower, 2 * width)
+    return lower + width - jnp.abs(folded - width)
+
+
+def pso(
+    population_size: int,
+    topology: str = "ring",
+    num_neighbors: int = 2,
+    update: str = "spso2011",
+    inertia: float = 1.0 / (2.0 * math.log(2.0)),
+    cognitive: float = 0.5 + math.log(2.0),
+    social: float = 0.5 + math.log(2.0),
+    max_velocity: float = 0.0,
+    lower_bound: float | list[float] | None = None,
+    upper_bound: float | list[float] | None = None,
+    bounds_handling: str = "clip",
+    init_spread: float = 1.0,
+) -> Strategy:
+    """Build Standard PSO 2011 (Zambrano-Bigiarini, Clerc & Rojas 2013).
+
+    Args:
+      population_size: swarm size ``n`` (>= 2; SPSO-2011 suggests 40).
+      topology: ``"ring"`` (lbest, default: slower but more robust on multimodal problems) or
+        ``"global"`` (gbest).
+      num_neighbors: informants per particle besides itself in the ring (even, >= 2, < n).
+      update: ``"spso2011"`` (hypersphere around the centre of gravity, default) or
+        ``"classic"`` (per-dimension inertia-weight update).
+      inertia: ``w`` (>= 0), default ``1 / (2 ln 2)``.
+      cognitive: ``c1`` (>= 0), default ``0.5 + ln 2``.
+      social: ``c2`` (>= 0), default ``0.5 + ln 2``.
+      max_velocity: clamp ``|v_id| <= max_velocity`` (>= 0; 0 disables).
+      lower_bound, upper_bound: box bounds, scalars or ``num_dims`` lists, both or neither;
+        finite with ``lower < upper``.
+      bounds_handling: ``"clip"`` (SPSO-2011) or ``"reflect"``.
+      init_spread: without bounds, the swarm starts in ``x0 ± init_spread`` (> 0).
+
+    Returns:
+      A :class:`~esjax.base.Strategy` that minimises.
+
+    Example:
+      >>> es = pso(population_size=40, lower_bound=-5.12, upper_bound=5.12)
+      >>> state = es.init(jax.random.key(0), jnp.zeros(10))
+      >>> swarm, state = es.ask(jax.random.key(1), state)   # the initial swarm
+      >>> state = es.tell(state, swarm, esjax.problems.rastrigin(swarm))
+    """
+    population_size = check_int("population_size", population_size, 2)
+    if topology not in TOPOLOGIES:
+        raise ValueError(f"topology must be one of {TOPOLOGIES}, got {topology!r}")
+    if update not in UPDATES:
+        raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
+    if bounds_handling not in BOUNDS_HANDLING:
+        raise ValueError(
+            f"bounds_handling must be one of {BOUNDS_HANDLING}, got {bounds_handling!r}"
+        )
+    num_neighbors = check_int("num_neighbors", num_neighbors, 2)
+    if topology == "ring" and (num_neighbors % 2 or num_neighbors >= population_size):
+        raise ValueError(
+            f"num_neighbors must be even and smaller than population_size={population_size} "
+            f"for the ring topology, got {num_neighbors}"
+        )
+    bounds = _check_bounds(lower_bound, upper_bound)
+    default_params = PSOParams(
+        inertia=inertia,
+        cognitive=cognitive,
+        social=social,
+        max_velocity=max_velocity,
+        init_spread=init_spread,
+    )
+    check_params(default_params, PARAM_RANGES)
+    indices = jnp.arange(population_size)
+
+    def bounds_like(vector: jax.Array) -> tuple[jax.Array, jax.Array]:
+        shape = vector.shape
+        for name, bound in zip(("lower_bound", "upper_bound"), bounds, strict=True):
+            if bound.ndim and bound.shape != shape:
+                raise ValueError(
+                    f"{name} must be a scalar or have shape {shape}, got {bound.shape}"
+                )
+        return tuple(jnp.broadcast_to(jnp.asarray(b, vector.dtype), shape) for b in bounds)
+
+    def init(key: jax.Array, x0, params: PSOParams | None = None) -> PSOState:
+        params = default_params if params is None else params
+        check_params(params, PARAM_RANGES)
+        mean, spec = flatten_x0(x0)
+        params = params_to_arrays(params, mean.dtype)
+        if bounds is None:
+            lower, upper = mean - params.init_spread, mean + params.init_spread
+        else:
+            lower, upper = bounds_like(mean)
+
+        def particle(i):
+            position_key, velocity_key = jax.random.split(jax.random.fold_in(key, i))
+            x = jax.random.uniform(position_key, mean.shape, mean.dtype, lower, upper)
+            v = jax.random.uniform(velocity_key, mean.shape, mean.dtype, lower - x, upper - x)
+            return x, v
+
+        positions, velocities = jax.vmap(particle)(indices)
+        best_solution, best_fitness = init_best(mean)
+        return PSOState(
+            best_solution=best_solution,
+            best_fitness=best_fitness,
+            generation=jnp.array(0, jnp.int32),
+            spec=spec,
+            positions=positions,
+            velocities=velocities,
+            personal_best=positions,
+            # The largest finite float, not +inf: the state stays finite before evaluation.
+            personal_best_fitness=jnp.full(
+                (population_size,), jnp.finfo(mean.dtype).max, mean.dtype
+            ),
+            diversity=jnp.zeros((), mean.dtype),
+            params=params,
+        )
+
+    def move(key: jax.Array, state: PSOState) -> tuple[jax.Array, jax.Array]:
+        params, x, v = state.params, state.positions, state.velocities
+        best_index = informant_best(state.personal_best_fitness, topology, num_neighbors)
+        own_best, informed_best = state.personal_best, state.personal_best[best_index]
+        informs_itself = (best_index == indices)[:, None]
+        dtype, num_dims = x.dtype, state.num_dims
+
+        u1, u2, z, rho = jax.vmap(particle_draws, (None, 0, None, None))(
+            key, indices, num_dims, dtype
+        )
+        to_p = params.cognitive * u1 * (own_best - x)
+        to_l = params.social * u2 * (informed_best - x)
+        if update == "classic":
+            velocities = params.inertia * v + to_p + to_l
+        else:
+            # G - x = ((p' - x) + (l' - x)) / 3, or (p' - x) / 2 when the particle informs itself.
+            to_centre = jnp.where(informs_itself, to_p / 2, (to_p + to_l) / 3)
+            radius = jnp.linalg.norm(to_centre, axis=1, keepdims=True)
+            # z / ||z|| is a uniform direction; the guard only matters for num_dims = 1, z = 0.
+            unit = z / jnp.maximum(jnp.linalg.norm(z, axis=1, keepdims=True), 1e-30)
+            velocities = params.inertia * v + to_centre + rho[:, None] * radius * unit
+        velocities = jnp.where(
+            params.max_velocity > 0,
+            jnp.clip(velocities, -params.max_velocity, params.max_velocity),
+            velocities,
+        )
+        positions = x + velocities
+        if bounds is not None:
+            lower, upper = bounds_like(state.best_solution)
+            outside = (positions < lower) | (positions > upper)
+            if bounds_handling == "clip":
+                positions = jnp.clip(positions, lower, upper)
+                velocities = jnp.where(outside, -0.5 * velocities, velocities)
+            else:
+                positions = reflect_into(positions, lower, upper)
+                velocities = jnp.where(outside, -velocities, velocities)
+        return positions, velocities
+
+    def ask(key: jax.Array, state: PSOState) -> tuple[jax.Array, PSOState]:
+        positions, velocities = move(key, state)
+        # Generation 0 evaluates the initial swarm itself; personal bests do not exist yet.
+        first = state.generation == 0
+        positions = jnp.where(first, state.positions, positions)
+        velocities = jnp.where(first, state.velocities, velocities)
+        return positions, state.replace(positions=positions, velocities=velocities)
+
+    def tell(state: PSOState, population: jax.Array, fitness: jax.Array) -> PSOState:
+        fitness = check_fitness(fitness, population_size)
+        check_population(population, population_size, state.num_dims)
+        safe = shaping.sanitize(fitness).astype(state.personal_best_fitness.dtype)
+        improved = safe < state.personal_best_fitness
+        centroid = jnp.mean(population, axis=0)
+        return state.replace(
+            positions=population,
+            personal_best=jnp.where(improved[:, None], population, state.personal_best),
+            personal_best_fitness=jnp.where(improved, safe, state.personal_best_fitness),
+            diversity=jnp.mean(jnp.linalg.norm(population - centroid, axis=1)).astype(
+                state.diversity.dtype
+            ),
+            generation=state.generation + 1,
+            **update_best(state, population, fitness),
+        )
+
+    def info(state: PSOState) -> dict:
+        return {
+            "diversity": state.diversity,
+            "mean_speed": jnp.mean(jnp.linalg.norm(state.velocities, axis=1)),
+        }
+
+    return Strategy(
+        name="pso",
+        population_size=population_size,
+        default_params=default_params,
+        init=init,
+        ask=ask,
+        tell=tell,
+        info=info,
+    )
+
+
+def _check_bounds(lower, upper) -> tuple[np.ndarray, np.ndarray] | None:
+    if lower is None and upper is None:
+        return None
+    if lower is None or upper is None:
+        missing = "lower_bound" if lower is None else "upper_bound"
+        raise ValueError(f"{missing} is required when the other bound is given (both or neither)")
+    bounds = []
+    for name, bound in (("lower_bound", lower), ("upper_bound", upper)):
+        array = np.asarray(bound, dtype=np.float64)
+        if array.ndim > 1 or not np.all(np.isfinite(array)):
+            raise ValueError(f"{name} must be a finite scalar or 1-D list, got {bound!r}")
+        bounds.append(array)
+    lower, upper = bounds
+    if lower.shape and upper.shape and lower.shape != upper.shape:
+        raise ValueError(
+            f"lower_bound and upper_bound must have the same length, got {lower.shape} and "
+            f"{upper.shape}"
+        )
+    if not np.all(lower < upper):
+        raise ValueError("lower_bound must be smaller than upper_bound in every coordinate")
+    return lower, upper

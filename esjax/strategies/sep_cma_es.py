@@ -1,0 +1,280 @@
+"""sep-CMA-ES: CMA-ES with a diagonal covariance, linear in time and memory per member.
+
+Reference: R. Ros & N. Hansen, "A Simple Modification in CMA-ES Achieving Linear Time and Space
+Complexity", PPSN 2008 (inria-00287367). The update is the CMA-ES update of N. Hansen, "The CMA
+Evolution Strategy: A Tutorial", 2016, arXiv:1604.00772 (equation numbers below), restricted to
+the diagonal: with ``c = diag(C)`` (``variances``), ``n = num_dims``, ``λ = population_size``::
+
+    x_k = m + σ √c ⊙ z_k,   z_k ~ N(0, I)                                     (38-40)
+    ⟨y⟩_w = Σ_{i≤μ} w_i y_{i:λ},   m ← m + c_m σ ⟨y⟩_w                          (41-42)
+    p_σ ← (1 - c_σ) p_σ + √(c_σ (2 - c_σ) μ_eff) ⟨y⟩_w / √c                     (43)
+    σ  ← σ exp(c_σ / d_σ (‖p_σ‖ / E‖N(0, I)‖ - 1))                              (44)
+    p_c ← (1 - c_c) p_c + h_σ √(c_c (2 - c_c) μ_eff) ⟨y⟩_w                      (45)
+    c  ← (1 + c_1 δ(h_σ) - c_1 - c_μ Σ w_j) c + c_1 p_c² + c_μ Σ_i w_i y_{i:λ}²  (47, diagonal)
+
+Because only ``n`` variances are learned instead of ``n²/2`` covariances, Ros & Hansen raise the
+learning rates by ``(n + 2) / 3``: ``c_1 ← c_1 (n + 2)/3`` and
+``c_μ ← min(1 - c_1, c_μ (n + 2)/3)``, with ``c_1, c_μ`` from eqs. 57-58; ``c_σ, d_σ, c_c`` and
+the weights are CMA-ES's (eqs. 49, 53, 55, 56). There is no eigendecomposition: an update is
+O(λ n), the state O(n), which suits ``n`` in the 10⁴-10⁶ range where full CMA-ES's ``n × n``
+matrices do not fit. The price: only axis-aligned scaling is learned, so rotated ill-conditioned
+problems stay hard.
+
+Everything else follows :mod:`esjax.strategies.cma_es`: member ``i`` is sampled from
+``fold_in(key, i)``; NaN/inf fitness gets weight zero; variances are kept above
+``max(c) · eps²``; ``es.info`` reports the same termination signals.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from esjax.base import (
+    Strategy,
+    StrategyState,
+    check_fitness,
+    check_int,
+    check_population,
+    init_best,
+    params_to_arrays,
+    update_best,
+)
+from esjax.flatten import flatten_x0
+from esjax.strategies.cma_es import (
+    LEARNING_RATES,
+    check_cma_params,
+    check_sigma_bounds,
+    default_hyperparameters,
+    default_population_size,
+    generation_statistics,
+    history_length,
+    preliminary_weights,
+    push_history,
+    rank_members,
+    recombination_weights,
+    sample_standard_normal,
+    step_size_update,
+    termination_signals,
+    tolfun_window,
+)
+
+
+@struct.dataclass
+class SepCMAESParams:
+    """Numeric hyperparameters (state leaves, so they can be vmapped over).
+
+    ``None`` means the default for the dimension of ``x0``, filled in by ``init`` (see
+    :func:`sep_default_hyperparameters`). Fields mean what they mean in
+    :class:`esjax.strategies.cma_es.CMAESParams`.
+    """
+
+    sigma: float | jax.Array = 1.0
+    sigma_min: float | jax.Array = 1e-20
+    sigma_max: float | jax.Array = 1e20
+    c_sigma: float | jax.Array | None = None
+    d_sigma: float | jax.Array | None = None
+    c_c: float | jax.Array | None = None
+    c_1: float | jax.Array | None = None
+    c_mu: float | jax.Array | None = None
+    c_m: float | jax.Array = 1.0
+    tolx: float | jax.Array | None = None
+    tolfun: float | jax.Array = 1e-12
+    max_condition: float | jax.Array = 1e14
+
+
+@struct.dataclass
+class SepCMAESState(StrategyState):
+    """sep-CMA-ES state: like :class:`~esjax.strategies.cma_es.CMAESState` with a diagonal ``C``.
+
+    Attributes:
+      variances: ``(n,)`` the diagonal ``c`` of ``C``.
+    """
+
+    mean: jax.Array
+    sigma: jax.Array
+    variances: jax.Array
+    path_sigma: jax.Array
+    path_c: jax.Array
+    weights: jax.Array
+    best_history: jax.Array
+    median_history: jax.Array
+    fitness_max: jax.Array
+    params: SepCMAESParams
+
+
+def sep_default_hyperparameters(
+    num_dims: int, population_size: int | None = None, num_parents: int | None = None
+) -> dict[str, float]:
+    """CMA-ES's defaults with ``c_1, c_μ`` raised by ``(n + 2) / 3`` (Ros & Hansen 2008)."""
+    defaults = default_hyperparameters(num_dims, population_size, num_parents)
+    factor = (num_dims + 2) / 3
+    c_1 = min(1.0, defaults["c_1"] * factor)
+    c_mu = min(1.0 - c_1, defaults["c_mu"] * factor)
+    return {**defaults, "c_1": c_1, "c_mu": c_mu}
+
+
+def sep_cma_es(
+    population_size: int | None = None,
+    sigma: float = 1.0,
+    num_dims: int | None = None,
+    num_parents: int | None = None,
+    sigma_bounds: tuple[float, float] = (1e-20, 1e20),
+) -> Strategy:
+    """Build sep-CMA-ES (Ros & Hansen 2008): CMA-ES with a diagonal covariance.
+
+    Args:
+      population_size: ``λ`` (>= 2). Default ``4 + ⌊3 ln n⌋``, which needs ``num_dims``
+        (the population size is static).
+      sigma: initial step size ``σ0`` (> 0).
+      num_dims: the dimension ``n`` of ``x0``; needed when ``population_size`` is None and then
+        checked by ``init``.
+      num_parents: ``μ`` in [1, λ], default ``⌊λ/2⌋``.
+      sigma_bounds: ``(sigma_min, sigma_max)`` clip for ``σ``.
+
+    Returns:
+      A :class:`~esjax.base.Strategy` that minimises, O(n) state.
+
+    Example:
+      >>> es = sep_cma_es(num_dims=100_000, sigma=0.05)     # λ = 38
+      >>> state = es.init(jax.random.key(0), jnp.zeros(100_000))
+    """
+    if num_dims is not None:
+        num_dims = check_int("num_dims", num_dims, 1)
+    if population_size is None:
+        if num_dims is None:
+            raise ValueError(
+                "population_size is None, so the default 4 + floor(3 ln n) needs num_dims: "
+                "pass population_size=... or num_dims=..."
+            )
+        population_size = default_population_size(num_dims)
+    population_size = check_int("population_size", population_size, 2)
+    num_parents = population_size // 2 if num_parents is None else num_parents
+    num_parents = check_int("num_parents", num_parents, 1, population_size)
+    sigma_min, sigma_max = check_sigma_bounds(sigma_bounds)
+    default_params = SepCMAESParams(sigma=sigma, sigma_min=sigma_min, sigma_max=sigma_max)
+    check_cma_params(default_params)
+    preliminary = preliminary_weights(population_size, num_parents)
+
+    def init(key: jax.Array, x0, params: SepCMAESParams | None = None) -> SepCMAESState:
+        del key  # the initial state is deterministic
+        params = default_params if params is None else params
+        check_cma_params(params)
+        mean, spec = flatten_x0(x0)
+        n, dtype = spec.num_dims, mean.dtype
+        if num_dims is not None and n != num_dims:
+            raise ValueError(
+                f"x0 has {n} entries but the strategy was built with num_dims={num_dims}"
+            )
+        defaults = sep_default_hyperparameters(n, population_size, num_parents)
+        filled = {name: defaults[name] for name in LEARNING_RATES if getattr(params, name) is None}
+        if params.tolx is None:
+            filled["tolx"] = 1e-12 * jnp.asarray(params.sigma)
+        params = params_to_arrays(params.replace(**filled), dtype)
+        best_solution, best_fitness = init_best(mean)
+        length = history_length(n, population_size)
+        return SepCMAESState(
+            best_solution=best_solution,
+            best_fitness=best_fitness,
+            generation=jnp.array(0, jnp.int32),
+            spec=spec,
+            mean=mean,
+            sigma=params.sigma,
+            variances=jnp.ones(n, dtype),
+            path_sigma=jnp.zeros(n, dtype),
+            path_c=jnp.zeros(n, dtype),
+            weights=recombination_weights(preliminary, n, params.c_1, params.c_mu, False, dtype),
+            best_history=jnp.zeros(length, dtype),
+            median_history=jnp.zeros(length, dtype),
+            fitness_max=jnp.array(0, dtype),
+            params=params,
+        )
+
+    def ask(key: jax.Array, state: SepCMAESState) -> tuple[jax.Array, SepCMAESState]:
+        z = sample_standard_normal(
+            key, jnp.arange(population_size), state.num_dims, state.mean.dtype
+        )
+        return state.mean + state.sigma * jnp.sqrt(state.variances) * z, state
+
+    def tell(state: SepCMAESState, population: jax.Array, fitness: jax.Array) -> SepCMAESState:
+        fitness = check_fitness(fitness, population_size)
+        check_population(population, population_size, state.num_dims)
+        params = state.params
+        order, weights, mu_eff, any_finite = rank_members(state.weights, fitness)
+        steps = (population[order] - state.mean) / state.sigma  # y_{i:λ}
+        step = weights @ steps  # eq. 41 (all weights are >= 0 here)
+        mean = state.mean + params.c_m * state.sigma * step  # eq. 42
+        path_sigma, sigma, h_sigma = step_size_update(
+            state.path_sigma,
+            step / jnp.sqrt(state.variances),
+            mu_eff,
+            state.sigma,
+            params,
+            state.generation,
+            state.num_dims,
+        )
+        c_c, c_1, c_mu = params.c_c, params.c_1, params.c_mu
+        path_c = (1 - c_c) * state.path_c + h_sigma * jnp.sqrt(
+            c_c * (2 - c_c) * mu_eff
+        ) * step  # eq. 45
+        delta_h = (1 - h_sigma) * c_c * (2 - c_c)
+        variances = (
+            (1 + c_1 * delta_h - c_1 - c_mu * jnp.sum(weights)) * state.variances
+            + c_1 * jnp.square(path_c)
+            + c_mu * weights @ jnp.square(steps)
+        )  # eq. 47 on the diagonal
+        eps = jnp.finfo(variances.dtype).eps
+        variances = jnp.maximum(variances, jnp.max(variances) * eps**2)
+
+        updated = {
+            "mean": mean,
+            "sigma": sigma,
+            "variances": variances,
+            "path_sigma": path_sigma,
+            "path_c": path_c,
+        }
+        updated = {
+            name: jnp.where(any_finite, value, getattr(state, name))
+            for name, value in updated.items()
+        }
+        best, median, worst = generation_statistics(fitness)
+        return state.replace(
+            generation=state.generation + 1,
+            best_history=push_history(state.best_history, best),
+            median_history=push_history(state.median_history, median),
+            fitness_max=worst.astype(state.fitness_max.dtype),
+            **updated,
+            **update_best(state, population, fitness),
+        )
+
+    def info(state: SepCMAESState) -> dict:
+        stds = jnp.sqrt(state.variances)
+        condition = jnp.max(state.variances) / jnp.min(state.variances)
+        axis = state.generation % state.num_dims
+        axis_step = jnp.zeros_like(stds).at[axis].set(0.1 * state.sigma * stds[axis])
+        signals = termination_signals(
+            generation=state.generation,
+            sigma=state.sigma,
+            coordinate_stds=stds,
+            path_c=state.path_c,
+            mean=state.mean,
+            axis_step=axis_step,
+            condition=condition,
+            best_history=state.best_history,
+            median_history=state.median_history,
+            fitness_max=state.fitness_max,
+            params=state.params,
+            tolfun_generations=tolfun_window(state.num_dims, population_size),
+        )
+        return {"sigma": state.sigma, "condition": condition, **signals}
+
+    return Strategy(
+        name="sep_cma_es",
+        population_size=population_size,
+        default_params=default_params,
+        init=init,
+        ask=ask,
+        tell=tell,
+        info=info,
+    )
