@@ -226,20 +226,46 @@ def accuracy(outputs: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(jnp.argmax(outputs, axis=-1) == labels)
 
 
+def _one_hot_like(outputs: jax.Array, labels: jax.Array) -> jax.Array:
+    return jax.nn.one_hot(labels, outputs.shape[-1], dtype=outputs.dtype)
+
+
+def softmax_residual(outputs: jax.Array, labels: jax.Array) -> jax.Array:
+    """Residual **vector** ``softmax(outputs) - one_hot(labels)``, flattened to ``(n·classes,)``.
+
+    For :func:`esjax.eki`, which fits predictions to targets in least squares (Kovachki & Stuart
+    2019 use this form for classification); not a scalar loss.
+    """
+    return (jax.nn.softmax(outputs, axis=-1) - _one_hot_like(outputs, labels)).ravel()
+
+
+def output_residual(outputs: jax.Array, labels: jax.Array) -> jax.Array:
+    """Residual **vector** ``outputs - one_hot(labels)`` of the raw outputs, flattened (for EKI)."""
+    return (outputs - _one_hot_like(outputs, labels)).ravel()
+
+
 LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
     "cross_entropy": cross_entropy,
     "mse": mse,
     "zero_one": zero_one_error,
 }
 
+# Losses that return a residual vector per member instead of a scalar: only strategies whose
+# ``tell`` takes residuals (EKI) can train on them; accepted by :func:`get_loss` like the rest.
+RESIDUAL_LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "softmax_residual": softmax_residual,
+    "output_residual": output_residual,
+}
+
 
 def get_loss(loss: str | Callable) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """A loss by name from :data:`LOSSES`, or ``loss`` itself if it is callable."""
+    """A loss by name from :data:`LOSSES` or :data:`RESIDUAL_LOSSES`, or ``loss`` if callable."""
     if callable(loss):
         return loss
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {sorted(LOSSES)} or a callable, got {loss!r}")
-    return LOSSES[loss]
+    known = {**LOSSES, **RESIDUAL_LOSSES}
+    if loss not in known:
+        raise ValueError(f"loss must be one of {sorted(known)} or a callable, got {loss!r}")
+    return known[loss]
 
 
 def minibatch_indices(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
@@ -262,6 +288,7 @@ def dataset_fitness(
     With a ``key`` and ``batch_size``, the loss is on the minibatch :func:`minibatch_indices`
     draws from that key; run it with ``fitness_takes_key=True`` so all members of a generation
     share the key, hence the minibatch. Without a key it is the loss on all of ``inputs``.
+    With a loss from :data:`RESIDUAL_LOSSES` it returns that residual vector instead (for EKI).
     """
     loss_fn = get_loss(loss)
     inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
@@ -310,6 +337,7 @@ __all__ = [
     "ACTIVATIONS",
     "LOSSES",
     "MLP",
+    "RESIDUAL_LOSSES",
     "FlaxModel",
     "NnxMLP",
     "accuracy",
@@ -323,7 +351,9 @@ __all__ = [
     "minibatch_indices",
     "mlp",
     "mse",
+    "output_residual",
     "population_fitness",
+    "softmax_residual",
     "step",
     "step_straight_through",
 ]

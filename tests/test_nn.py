@@ -114,6 +114,12 @@ def test_losses_match_their_definitions():
     assert float(nn.accuracy(logits, labels)) == pytest.approx(2 / 3)
     one_hot = jax.nn.one_hot(labels, 3)
     np.testing.assert_allclose(nn.mse(logits, labels), jnp.mean((logits - one_hot) ** 2))
+    # The residual "losses" for EKI are vectors: one entry per (example, class).
+    residual = nn.get_loss("softmax_residual")(logits, labels)
+    chex.assert_shape(residual, (9,))
+    np.testing.assert_allclose(residual, (jax.nn.softmax(logits) - one_hot).ravel(), rtol=1e-6)
+    np.testing.assert_allclose(residual.reshape(3, 3).sum(axis=1), 0.0, atol=1e-6)
+    np.testing.assert_allclose(nn.output_residual(logits, labels), (logits - one_hot).ravel())
 
 
 def test_step_has_zero_gradient_and_straight_through_keeps_its_forward_values():

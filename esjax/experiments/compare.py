@@ -8,7 +8,8 @@ is measured by the same loop (:func:`esjax.baselines.timed_run`)::
     seed: 0
     task: {name: digits, seed: 1}          # or {name: mnist, path: ~/data/mnist}
     model: {hidden: [32], activation: tanh, api: linen}
-    loss: cross_entropy                    # cross_entropy | mse | zero_one
+    loss: cross_entropy                    # cross_entropy | mse | zero_one (| softmax_residual
+                                           #   | output_residual: vectors, for EKI only)
     batch_size: 256                        # examples per generation / per step
     eval_every: 50                         # steps between test evaluations
     target_accuracy: 0.95
@@ -135,12 +136,29 @@ TOP_KEYS = {
     "scaling": dict,
 }
 MODEL_KEYS = ("hidden", "activation", "api")
+# Strategies whose ``tell`` takes per-member residual vectors instead of a scalar fitness.
+RESIDUAL_STRATEGIES = ("eki",)
 
 
 def _check_keys(section: str, given: dict, valid) -> None:
     unknown = sorted(set(given) - set(valid))
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in {section}; valid keys are {sorted(valid)}")
+
+
+def _check_loss_kind(label: str, strategy: dict | None, loss: str) -> None:
+    # EKI's tell takes residual vectors; every other method needs a scalar loss.
+    takes_residuals = strategy is not None and strategy["name"] in RESIDUAL_STRATEGIES
+    if takes_residuals and loss not in nn.RESIDUAL_LOSSES:
+        raise ValueError(
+            f"method {label!r}: strategy {strategy['name']!r} fits residual vectors, so its loss "
+            f"must be one of {sorted(nn.RESIDUAL_LOSSES)}, got {loss!r}"
+        )
+    if not takes_residuals and loss in nn.RESIDUAL_LOSSES:
+        raise ValueError(
+            f"method {label!r}: loss {loss!r} is a residual vector, which only "
+            f"{sorted(RESIDUAL_STRATEGIES)} can train on; use one of {sorted(nn.LOSSES)}"
+        )
 
 
 def _parse_method(raw: Any, defaults: dict, steps_override: int | None) -> MethodConfig:
@@ -175,6 +193,7 @@ def _parse_method(raw: Any, defaults: dict, steps_override: int | None) -> Metho
     nn.get_activation(activation)
     loss = raw.get("loss", defaults["loss"])
     nn.get_loss(loss)
+    _check_loss_kind(str(label), raw.get("strategy"), loss)
     return MethodConfig(
         label=str(label),
         strategy=raw.get("strategy"),
