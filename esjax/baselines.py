@@ -120,11 +120,18 @@ def timed_run(
     stop: Callable[[dict], bool] | None = None,
     progress: bool = True,
     description: str | None = None,
+    history: list[dict] | None = None,
+    on_chunk: Callable[[Any, list[dict]], None] | None = None,
 ) -> TimedRun:
     """Run ``num_steps`` steps in AOT-compiled ``lax.scan`` chunks of ``eval_every`` steps.
 
     Step ``t`` gets ``fold_in(key, counter(state))`` (as in :func:`esjax.run`). After each chunk
     the state is evaluated (outside the timed region) and a history row is recorded.
+
+    Resuming: pass the checkpointed ``state`` (``counter(state)`` steps done, a multiple of
+    ``eval_every`` or the end) and the ``history`` recorded up to it; the run continues from
+    there with the same keys and chunk boundaries as an uninterrupted run, and ``wall_clock_s``
+    continues from the last row's.
 
     Args:
       step_fn: ``(key, state) -> (state, metrics)``: an ES generation
@@ -139,9 +146,19 @@ def timed_run(
       stop: ``row -> bool``; ``True`` ends the run after that chunk (e.g. target reached).
       progress: show a tqdm bar.
       description: the bar's label.
+      history: rows recorded before ``state`` (resuming); row 0 is then not re-evaluated.
+      on_chunk: ``(state, history) -> None`` called after every chunk's row (e.g. to save a
+        checkpoint); outside the timed region.
     """
     num_steps = check_int("num_steps", num_steps, 1)
     eval_every = check_int("eval_every", eval_every, 1)
+    done = int(counter(state))
+    if done > num_steps or (history is None) != (done == 0):
+        raise ValueError(
+            f"cannot resume at step {done} of num_steps={num_steps} with "
+            f"{'no' if history is None else len(history)} history rows: resume from a state "
+            "saved by this run, with the history recorded up to it"
+        )
 
     def make_chunk(length: int) -> Callable:
         def chunk(state, key):
@@ -173,16 +190,18 @@ def timed_run(
             **values,
         }
 
-    compiled_chunk(min(eval_every, num_steps))
-    history = [row(0, 0.0)]
+    compiled_chunk(min(eval_every, max(num_steps - done, 1)))
+    history = [row(0, 0.0)] if history is None else list(history)
+    seconds = history[-1]["wall_clock_s"]
+    # A resumed run whose last row already met ``stop`` had ended there.
+    stopped = done > 0 and stop is not None and bool(stop(history[-1]))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=num_steps, desc=description, leave=True, dynamic_ncols=True)
-    done, seconds = 0, 0.0
+        bar = tqdm(total=num_steps, initial=done, desc=description, leave=True, dynamic_ncols=True)
     try:
-        while done < num_steps:
+        while done < num_steps and not stopped:
             length = min(eval_every, num_steps - done)
             chunk = compiled_chunk(length)
             start = time.perf_counter()
@@ -190,12 +209,13 @@ def timed_run(
             seconds += time.perf_counter() - start
             done += length
             history.append(row(done, seconds))
+            if on_chunk is not None:
+                on_chunk(state, history)
             if bar is not None:
                 bar.update(length)
                 shown = {k: f"{v:.4g}" for k, v in history[-1].items() if k.startswith("test_")}
                 bar.set_postfix(shown)
-            if stop is not None and stop(history[-1]):
-                break
+            stopped = stop is not None and bool(stop(history[-1]))
     finally:
         if bar is not None:
             bar.close()

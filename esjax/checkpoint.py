@@ -30,6 +30,7 @@ implementation and re-wrapped on load.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -100,9 +101,32 @@ def _leaf_name(path: tuple[str, ...]) -> str:
     return "/".join(path)
 
 
-def _generation(state: Any) -> int | list:
-    # Batched states (vmapped over seeds or hyperparameters) carry one generation per member.
-    return np.asarray(state.generation).tolist()
+def _generation(state: Any) -> int | list | None:
+    # Batched states (vmapped over seeds or hyperparameters) carry one generation per member;
+    # a gradient trainer's state counts steps.
+    count = getattr(state, "generation", getattr(state, "step", None))
+    return None if count is None else np.asarray(count).tolist()
+
+
+def _check_state(state: Any, name: str) -> None:
+    # Strategy states, and other flax.struct states such as esjax.baselines.GradientState.
+    if not isinstance(state, StrategyState) and not (
+        dataclasses.is_dataclass(state) and not isinstance(state, type)
+    ):
+        raise TypeError(
+            f"{name} must be a strategy state (a StrategyState) or another flax.struct dataclass "
+            f"state such as esjax.baselines.GradientState, got {type(state).__name__}"
+        )
+
+
+def _problem_header(state: Any) -> dict:
+    if not isinstance(state, StrategyState):
+        return {"num_dims": None, "x0_shapes": None, "dtype": None}
+    return {
+        "num_dims": state.num_dims,
+        "x0_shapes": [list(shape) for shape in state.spec.shapes],
+        "dtype": str(state.spec.dtype),
+    }
 
 
 def save(
@@ -118,7 +142,8 @@ def save(
     Args:
       path: file to write (its folder is created); e.g. ``run_dir / "checkpoint.msgpack"``.
       state: any strategy state (a ``flax.struct`` dataclass deriving from ``StrategyState``),
-        possibly batched by ``vmap``.
+        possibly batched by ``vmap``, or another ``flax.struct`` state such as a gradient
+        trainer's :class:`esjax.baselines.GradientState`.
       metadata: JSON-serialisable dict stored in the header (a config, elapsed seconds, ...);
         read it back with :func:`read_header`.
       strategy: the :class:`~esjax.base.Strategy` (or its name), recorded so that ``load`` can
@@ -128,10 +153,7 @@ def save(
     Returns:
       ``path`` as a :class:`~pathlib.Path`.
     """
-    if not isinstance(state, StrategyState):
-        raise TypeError(
-            f"state must be a strategy state (a StrategyState), got {type(state).__name__}"
-        )
+    _check_state(state, "state")
     path = Path(path)
     flat = _flat_state_dict(jax.device_get(state))
     leaves, key_impls = {}, {}
@@ -147,9 +169,7 @@ def save(
         "jax_version": jax.__version__,
         "state_class": _state_class(state),
         "strategy": _strategy_name(strategy),
-        "num_dims": state.num_dims,
-        "x0_shapes": [list(shape) for shape in state.spec.shapes],
-        "dtype": str(state.spec.dtype),
+        **_problem_header(state),
         "generation": _generation(state),
         "leaves": {
             _leaf_name(name): {"shape": list(leaf.shape), "dtype": str(leaf.dtype)}
@@ -307,10 +327,7 @@ def load(path: str | Path, like: StrategyState, *, strategy: Any = None) -> Stra
 def _check_compatible(path: Path, header: dict, like: Any, strategy: str | None) -> None:
     if header.get("format") != "esjax-checkpoint":
         raise CorruptCheckpointError(f"{path} is not an esjax checkpoint (bad header)")
-    if not isinstance(like, StrategyState):
-        raise TypeError(
-            f"like must be a strategy state (e.g. es.init(key, x0)), got {type(like).__name__}"
-        )
+    _check_state(like, "like")
     if strategy is not None and header["strategy"] not in (None, strategy):
         raise CheckpointError(
             f"checkpoint {path} was saved by strategy {header['strategy']!r}, not {strategy!r}"
@@ -321,6 +338,8 @@ def _check_compatible(path: Path, header: dict, like: Any, strategy: str | None)
             f"(strategy {header['strategy']!r}), but like is a {_state_class(like)}: "
             "it was saved by another strategy"
         )
+    if not isinstance(like, StrategyState):
+        return  # no problem metadata; leaf shapes and dtypes are checked on restore
     if header["num_dims"] != like.num_dims:
         raise CheckpointError(
             f"checkpoint {path} has num_dims={header['num_dims']}, but like has "

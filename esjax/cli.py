@@ -92,6 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     compare_parser.add_argument(
         "--methods", default=None, help="comma-separated labels of the methods to run"
     )
+    compare_parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="checkpoint each method every K steps (at evaluation boundaries)",
+    )
+    compare_parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip finished methods and continue the interrupted one from its checkpoint",
+    )
     compare_parser.add_argument("--quiet", action="store_true", help="no progress bars")
     compare_parser.set_defaults(handler=_compare)
     return parser
@@ -103,7 +114,13 @@ def _compare(args: argparse.Namespace) -> int:
 
     methods = args.methods.split(",") if args.methods else None
     config = load_comparison(args.config, steps=args.steps, methods=methods)
-    result = run_comparison(config, output_dir=args.output_dir, progress=not args.quiet)
+    result = run_comparison(
+        config,
+        output_dir=args.output_dir,
+        progress=not args.quiet,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+    )
     if result["methods"]:
         print(summary_table(result["methods"], config.target_accuracy))
     run_dir = result["run_dir"]

@@ -25,8 +25,13 @@ A method may override ``loss``, ``batch_size``, ``eval_every`` and ``activation`
 straight-through variant of a step-activation network; the forward pass is unchanged), and a
 gradient-free one may set ``population_batch_size`` (evaluate the population in chunks).
 
-Outputs in ``<output_dir>/<name>/``: ``<label>/metrics.csv`` per method, ``summary.json``,
-``comparison.md``, ``accuracy_vs_wall_clock.png`` and ``accuracy_vs_forward_passes.png``.
+Outputs in ``<output_dir>/<name>/``: ``<label>/metrics.csv`` and ``<label>/summary.json`` per
+method, ``summary.json``, ``comparison.md``, ``accuracy_vs_wall_clock.png`` and
+``accuracy_vs_forward_passes.png``. With ``checkpoint_every: K`` (or ``--checkpoint-every K``) each
+method's state is also checkpointed to ``<label>/checkpoint.msgpack`` every K steps (at evaluation
+boundaries), and ``esjax compare CONFIG --resume`` continues a killed comparison: finished methods
+are not rerun, the interrupted one continues from its checkpoint, and every accuracy, loss and
+final state equals the uninterrupted run's.
 
 A config with a ``scaling: {hidden: [[16], [64], ...]}`` section is a scaling study instead: every
 method runs once per hidden-layer configuration (stopping at the target accuracy unless
@@ -43,6 +48,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -50,7 +57,7 @@ from typing import Any, NamedTuple
 import jax
 import yaml
 
-from esjax import nn
+from esjax import checkpoint, nn
 from esjax.base import check_int
 from esjax.baselines import (
     BACKWARD_COST_IN_FORWARDS,
@@ -119,6 +126,7 @@ class ComparisonConfig:
     output_dir: str
     scaling: dict | None
     raw: dict
+    checkpoint_every: int | None = None
 
 
 TOP_KEYS = {
@@ -134,6 +142,7 @@ TOP_KEYS = {
     "output_dir": str,
     "methods": list,
     "scaling": dict,
+    "checkpoint_every": (int, type(None)),
 }
 MODEL_KEYS = ("hidden", "activation", "api")
 # Strategies whose ``tell`` takes per-member residual vectors instead of a scalar fitness.
@@ -264,6 +273,9 @@ def parse_comparison(
         output_dir=raw.get("output_dir", "results"),
         scaling=scaling,
         raw=raw,
+        checkpoint_every=None
+        if raw.get("checkpoint_every") is None
+        else check_int("checkpoint_every", raw["checkpoint_every"], 1),
     )
 
 
@@ -349,6 +361,57 @@ def build_method(
     )
 
 
+CHECKPOINT_FILE = "checkpoint.msgpack"
+METHOD_SUMMARY_FILE = "summary.json"
+
+
+def _method_fingerprint(
+    method: MethodConfig, model_section: dict, seed: int, task: dict, target_accuracy: float
+) -> dict:
+    # Everything that changes a method's trajectory; resuming requires all of it to agree.
+    return json.loads(
+        json.dumps(
+            {
+                "method": dataclasses.asdict(method),
+                "model": model_section,
+                "seed": seed,
+                "task": task,
+                "target_accuracy": target_accuracy,
+            },
+            default=str,
+        )
+    )
+
+
+def _check_fingerprint(path: Path, saved: dict | None, expected: dict) -> None:
+    if saved != expected:
+        differing = sorted(k for k in expected if saved is None or saved.get(k) != expected.get(k))
+        raise checkpoint.CheckpointError(
+            f"{path} was written by a comparison whose config differs in {differing}; resume "
+            "with the config (and --steps/--output-dir) that wrote it, or delete the folder"
+        )
+
+
+def _resume_point(
+    method_dir: Path, like: Any, fingerprint: dict
+) -> tuple[Any, list[dict] | None, float]:
+    """The checkpointed state, its history and compile seconds (or ``like``, None, 0)."""
+    path = method_dir / CHECKPOINT_FILE
+    if not path.exists() and not checkpoint.previous_path(path).exists():
+        return like, None, 0.0
+    try:
+        state = checkpoint.load(path, like)
+    except (checkpoint.CorruptCheckpointError, FileNotFoundError) as error:
+        previous = checkpoint.previous_path(path)
+        if not previous.exists():
+            raise
+        print(f"esjax: {error}; resuming from {previous}", file=sys.stderr)
+        path, state = previous, checkpoint.load(previous, like)
+    metadata = checkpoint.read_header(path)["metadata"]
+    _check_fingerprint(path, metadata.get("fingerprint"), fingerprint)
+    return state, metadata["history"], metadata["compile_s"]
+
+
 def run_method(
     method: MethodConfig,
     dataset: Dataset,
@@ -358,13 +421,55 @@ def run_method(
     target_accuracy: float,
     stop_at_target: bool = False,
     progress: bool = True,
+    method_dir: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    task: dict | None = None,
 ) -> dict:
-    """Train one method and return its summary (with ``history``: the evaluation rows)."""
+    """Train one method and return its summary (with ``history``: the evaluation rows).
+
+    With ``method_dir``, the finished method's summary is written to ``<method_dir>/summary.json``
+    and, with ``checkpoint_every = K``, its state and history to ``<method_dir>/checkpoint.msgpack``
+    at the first evaluation boundary at or after every K steps, and at the end. ``resume=True``
+    returns a finished method's saved summary without training, and continues an unfinished one
+    from its checkpoint: every evaluation row, and the final state, are bit-identical to an
+    uninterrupted run (wall-clock is what each process measured). A summary or checkpoint written
+    under a different method, model, seed, task or target is refused.
+    """
     setup = build_method(method, dataset, model_section, seed)
     stop = (lambda row: row["test_accuracy"] >= target_accuracy) if stop_at_target else None
+    method_dir = None if method_dir is None else Path(method_dir)
+    fingerprint = _method_fingerprint(method, model_section, seed, task or {}, target_accuracy)
+    state, history, previous_compile = setup.state, None, 0.0
+    if resume and method_dir is not None:
+        summary_path = method_dir / METHOD_SUMMARY_FILE
+        if summary_path.exists():
+            summary = json.loads(summary_path.read_text())
+            _check_fingerprint(summary_path, summary.pop("fingerprint", None), fingerprint)
+            return summary
+        state, history, previous_compile = _resume_point(method_dir, setup.state, fingerprint)
+    if checkpoint_every is not None:
+        checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
+        if method_dir is None:
+            raise ValueError("checkpoint_every needs a method_dir to write checkpoints to")
+    on_chunk = None
+    if checkpoint_every is not None:
+        saved_at = [int(setup.counter(state))]
+
+        def on_chunk(state, rows: list[dict]) -> None:
+            done = rows[-1]["step"]
+            if done // checkpoint_every > saved_at[0] // checkpoint_every or done >= method.steps:
+                metadata = {
+                    "fingerprint": fingerprint,
+                    "history": rows,
+                    "compile_s": previous_compile,
+                }
+                checkpoint.save(method_dir / CHECKPOINT_FILE, state, metadata)
+                saved_at[0] = done
+
     result = timed_run(
         setup.step_fn,
-        setup.state,
+        state,
         jax.random.fold_in(jax.random.key(seed), 2),
         method.steps,
         counter=setup.counter,
@@ -374,9 +479,11 @@ def run_method(
         stop=stop,
         progress=progress,
         description=method.label,
+        history=history,
+        on_chunk=on_chunk,
     )
     final = result.history[-1]
-    return {
+    summary = {
         "label": method.label,
         "kind": "gradient-free" if method.gradient_free else "gradient",
         "description": setup.description,
@@ -388,13 +495,27 @@ def run_method(
         "forward_passes_per_step": setup.forward_passes_per_step,
         "forward_passes": final["forward_passes"],
         "wall_clock_s": final["wall_clock_s"],
-        "compile_s": result.compile_seconds,
+        "compile_s": previous_compile + result.compile_seconds,
         "final_test_accuracy": final["test_accuracy"],
         "final_test_loss": final["test_loss"],
         "best_test_accuracy": max(row["test_accuracy"] for row in result.history),
         "target": report.time_to_target(result.history, target_accuracy),
         "history": result.history,
     }
+    if method_dir is not None:
+        if checkpoint_every is not None and saved_at[0] != result.steps:
+            # stopped at the target between checkpoints: keep the final state too
+            metadata = {
+                "fingerprint": fingerprint,
+                "history": result.history,
+                "compile_s": summary["compile_s"],
+            }
+            checkpoint.save(method_dir / CHECKPOINT_FILE, result.state, metadata)
+        method_dir.mkdir(parents=True, exist_ok=True)
+        temporary = method_dir / f".{METHOD_SUMMARY_FILE}.tmp"
+        temporary.write_text(json.dumps({**summary, "fingerprint": fingerprint}) + "\n")
+        os.replace(temporary, method_dir / METHOD_SUMMARY_FILE)
+    return summary
 
 
 def _without_history(summary: dict) -> dict:
@@ -406,8 +527,15 @@ def run_comparison(
     *,
     output_dir: str | Path | None = None,
     progress: bool = True,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> dict:
     """Run every method (and the scaling study, if configured) and write all outputs.
+
+    ``checkpoint_every`` (default: the config's ``checkpoint_every``) and ``resume`` are passed to
+    :func:`run_method` for every method, with ``<run_dir>/<label>/`` as its folder: a killed
+    comparison resumed with ``resume=True`` skips the finished methods, continues the interrupted
+    one from its checkpoint and reproduces every number but the wall-clock.
 
     Returns:
       ``{"run_dir", "methods": [summary, ...], "scaling": [row, ...] or None}``.
@@ -425,8 +553,15 @@ def run_comparison(
         "seed": config.seed,
     }
     summaries, scaling_rows = [], None
+    resumable = {
+        "checkpoint_every": config.checkpoint_every
+        if checkpoint_every is None
+        else checkpoint_every,
+        "resume": resume,
+        "task": config.task,
+    }
     if config.scaling is not None:
-        scaling_rows = run_scaling(config, dataset, run_dir, progress=progress)
+        scaling_rows = run_scaling(config, dataset, run_dir, progress=progress, **resumable)
     else:
         for method in config.methods:
             summary = run_method(
@@ -437,6 +572,8 @@ def run_comparison(
                 target_accuracy=config.target_accuracy,
                 stop_at_target=config.stop_at_target,
                 progress=progress,
+                method_dir=run_dir / method.label,
+                **resumable,
             )
             report.write_metrics_csv(run_dir / method.label / "metrics.csv", summary["history"])
             summaries.append(summary)
@@ -458,15 +595,22 @@ def run_comparison(
 
 
 def run_scaling(
-    config: ComparisonConfig, dataset: Dataset, run_dir: Path, *, progress: bool = True
+    config: ComparisonConfig,
+    dataset: Dataset,
+    run_dir: Path,
+    *,
+    progress: bool = True,
+    **resumable,
 ) -> list[dict]:
-    """Every method at every ``scaling.hidden`` configuration; writes the scaling outputs."""
+    """Every method at every ``scaling.hidden`` configuration; writes the scaling outputs
+    (``resumable``: ``checkpoint_every``, ``resume``, ``task`` as in :func:`run_method`)."""
     rows = []
     for hidden in config.scaling["hidden"]:
         hidden = [int(width) for width in (hidden if isinstance(hidden, list) else [hidden])]
         model_section = {**config.model, "hidden": hidden}
         tag = "x".join(str(width) for width in hidden) or "linear"
         for method in config.methods:
+            method_dir = run_dir / "scaling" / f"{method.label}_hidden_{tag}"
             summary = run_method(
                 method,
                 dataset,
@@ -475,11 +619,10 @@ def run_scaling(
                 target_accuracy=config.target_accuracy,
                 stop_at_target=config.stop_at_target,
                 progress=progress,
+                method_dir=method_dir,
+                **resumable,
             )
-            report.write_metrics_csv(
-                run_dir / "scaling" / f"{method.label}_hidden_{tag}" / "metrics.csv",
-                summary["history"],
-            )
+            report.write_metrics_csv(method_dir / "metrics.csv", summary["history"])
             target = summary["target"]
             rows.append(
                 {

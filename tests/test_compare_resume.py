@@ -1,0 +1,136 @@
+"""`esjax compare --resume`: a comparison killed mid-method continues exactly where it stopped."""
+
+import json
+
+import chex
+import jax
+import pytest
+import yaml
+
+from esjax import baselines, checkpoint
+from esjax.cli import main
+from esjax.experiments import compare
+
+STEPS, EVAL_EVERY = 40, 10
+RAW = {
+    "name": "resume",
+    "seed": 3,
+    "task": {"name": "digits", "seed": 1},
+    "model": {"hidden": [8]},
+    "batch_size": 64,
+    "eval_every": EVAL_EVERY,
+    "checkpoint_every": EVAL_EVERY,
+    "methods": [
+        {
+            "label": "openai_es",
+            "strategy": {"name": "openai_es", "population_size": 16, "sigma": 0.05},
+            "generations": STEPS,
+        },
+        {"label": "adam", "optimizer": {"name": "adam", "learning_rate": 0.01}, "steps": STEPS},
+    ],
+}
+
+
+class Killed(Exception):
+    pass
+
+
+def _without_clock(history):
+    return [{k: v for k, v in row.items() if k != "wall_clock_s"} for row in history]
+
+
+def _final_state(run_dir, method):
+    config = compare.parse_comparison(RAW)
+    setup = compare.build_method(method, compare.load_task(config.task), config.model, config.seed)
+    return checkpoint.load(run_dir / method.label / compare.CHECKPOINT_FILE, setup.state)
+
+
+@pytest.fixture(scope="module")
+def straight_and_resumed(tmp_path_factory):
+    config = compare.parse_comparison(RAW)
+    straight_dir = tmp_path_factory.mktemp("straight")
+    straight = compare.run_comparison(config, output_dir=straight_dir, progress=False)
+
+    # Kill the second run right after Adam's second checkpoint (step 20 of 40): the save
+    # completes, then the "process dies".
+    killed_dir = tmp_path_factory.mktemp("killed")
+    real_save, saves = checkpoint.save, []
+
+    def dying_save(path, state, metadata=None, **kwargs):
+        real_save(path, state, metadata, **kwargs)
+        saves.append(path)
+        if len(saves) == STEPS // EVAL_EVERY + 2:
+            raise Killed
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compare.checkpoint, "save", dying_save)
+        with pytest.raises(Killed):
+            compare.run_comparison(config, output_dir=killed_dir, progress=False)
+
+    # Resume through the CLI; record what timed_run is asked to do.
+    calls = []
+    real_timed_run = compare.timed_run
+
+    def recording_timed_run(*args, **kwargs):
+        calls.append(kwargs.get("description"))
+        calls.append(len(kwargs.get("history") or []))
+        return real_timed_run(*args, **kwargs)
+
+    path = killed_dir / "resume.yaml"
+    path.write_text(yaml.safe_dump(RAW))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compare, "timed_run", recording_timed_run)
+        code = main(["compare", str(path), "--output-dir", str(killed_dir), "--resume", "--quiet"])
+    assert code == 0
+    resumed = json.loads((killed_dir / "resume" / "summary.json").read_text())
+    return config, straight_dir / "resume", straight, killed_dir / "resume", resumed, calls
+
+
+def test_resume_skips_finished_methods_and_continues_the_interrupted_one(straight_and_resumed):
+    *_, calls = straight_and_resumed
+    # OpenAI-ES had finished (its summary.json exists): not retrained. Adam restarts with the
+    # rows for steps 0, 10 and 20 it had recorded.
+    assert calls == ["adam", 3]
+
+
+def test_resumed_comparison_equals_the_uninterrupted_one(straight_and_resumed):
+    config, straight_dir, straight, resumed_dir, resumed, _ = straight_and_resumed
+    for before, after in zip(straight["methods"], resumed["methods"], strict=True):
+        assert before["label"] == after["label"]
+        assert after["steps"] == STEPS
+        assert after["final_test_accuracy"] == before["final_test_accuracy"]
+        assert after["forward_passes"] == before["forward_passes"]
+    for method in config.methods:
+        rows = [
+            json.loads((d / method.label / "summary.json").read_text())["history"]
+            for d in (straight_dir, resumed_dir)
+        ]
+        assert _without_clock(rows[0]) == _without_clock(rows[1])  # every evaluation, exactly
+        assert len(rows[1]) == STEPS // EVAL_EVERY + 1
+        # The final states, from each run's last checkpoint, are bit-identical (a strategy
+        # state for ES, the optax GradientState for Adam).
+        final = [_final_state(d, method) for d in (straight_dir, resumed_dir)]
+        chex.assert_trees_all_equal(*final)
+
+
+def test_resume_refuses_a_changed_config(straight_and_resumed, tmp_path):
+    config, straight_dir, *_ = straight_and_resumed
+    changed = compare.parse_comparison({**RAW, "seed": 4})
+    with pytest.raises(checkpoint.CheckpointError, match="differs in"):
+        compare.run_comparison(changed, output_dir=straight_dir.parent, progress=False, resume=True)
+
+
+def test_timed_run_rejects_a_history_that_does_not_fit_the_state():
+    trainer = baselines.optax_trainer(lambda p, key: (p**2).sum())
+    state = trainer.init(jax.numpy.ones(3))
+    kwargs = dict(counter=lambda s: s.step, evaluate=lambda s: {}, eval_every=2)
+    with pytest.raises(ValueError, match="cannot resume at step 0"):
+        baselines.timed_run(
+            trainer.step,
+            state,
+            jax.random.key(0),
+            4,
+            forward_passes_per_step=1,
+            history=[{"step": 0, "wall_clock_s": 0.0}],
+            **kwargs,
+        )
