@@ -1,4 +1,4 @@
-"""Command line: ``esjax run CONFIG.yaml``."""
+"""Command line: ``esjax run``, ``esjax compare`` and ``esjax launch``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,13 @@ from esjax.experiments.runner import run_experiment
 
 
 def _run(args: argparse.Namespace) -> int:
+    mesh = None
+    if args.distributed or args.shard:
+        from esjax import distributed
+
+        if args.distributed:  # before any other JAX call
+            distributed.initialize()
+        mesh = distributed.make_mesh()
     config = load_config(
         args.config,
         overrides={
@@ -20,8 +27,14 @@ def _run(args: argparse.Namespace) -> int:
         },
     )
     summary = run_experiment(
-        config, progress=not args.quiet, output_dir=args.output_dir, resume=args.resume
+        config,
+        progress=not args.quiet,
+        output_dir=args.output_dir,
+        resume=args.resume,
+        mesh=mesh,
     )
+    if not summary["writer"]:
+        return 0  # another process of a multi-process run writes and reports
     at_mean = summary.get("mean_fitness")
     print(
         f"{summary['name']}: {summary['strategy']} on {summary['problem']} "
@@ -66,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue from the run folder's checkpoint (bit-identical to an uninterrupted run)",
+    )
+    run_parser.add_argument(
+        "--shard",
+        action="store_true",
+        help="shard the population over every device (esjax.distributed.make_mesh())",
+    )
+    run_parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process run first (jax.distributed: the ESJAX_* variables `esjax "
+        "launch` sets, SLURM or a TPU pod), then shard over every process's devices; process 0 "
+        "writes the outputs",
     )
     run_parser.set_defaults(handler=_run)
     launch_parser = commands.add_parser(

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -328,6 +329,40 @@ def test_cli_launch_runs_the_command_per_process(capfd):
     code = main(["launch", "-n", "2", "--", sys.executable, "-c", show_rank])
     assert code == 0
     assert sorted(re.findall(r"rank \d", capfd.readouterr().out)) == ["rank 0", "rank 1"]
+
+
+def test_cli_run_distributed_over_two_processes_matches_one_process(tmp_path):
+    # `esjax launch -n 2 -- esjax run CONFIG --distributed`: both processes run the experiment
+    # over one 2-device mesh, process 0 alone writes, and the result is the single-process one.
+    config = Path(__file__).resolve().parent.parent / "configs" / "sphere_openai_es.yaml"
+    run = [sys.executable, "-m", "esjax.cli", "run", str(config), "--generations", "20", "--quiet"]
+    env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": FAST_COMPILE}
+    single = subprocess.run(
+        [*run, "--output-dir", str(tmp_path / "one")],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=WORKER_TIMEOUT_S,
+    )
+    assert single.returncode == 0, single.stderr[-4000:]
+    results = distributed.launch(
+        [*run, "--output-dir", str(tmp_path / "two"), "--distributed", "--checkpoint-every", "10"],
+        NUM_PROCESSES,
+        timeout_s=WORKER_TIMEOUT_S,
+        capture_output=True,
+        env=env,
+    )
+    for rank, result in enumerate(results):
+        assert result.returncode == 0, f"process {rank}:\n{result.stderr[-4000:]}"
+    assert "wrote" in results[0].stdout and "wrote" not in results[1].stdout
+    one = json.loads((tmp_path / "one" / "sphere_openai_es" / "summary.json").read_text())
+    two = json.loads((tmp_path / "two" / "sphere_openai_es" / "summary.json").read_text())
+    assert (two["num_processes"], two["num_devices"]) == (NUM_PROCESSES, NUM_PROCESSES)
+    np.testing.assert_allclose(two["best_fitness"], one["best_fitness"], rtol=1e-5)
+    np.testing.assert_allclose(two["mean_fitness"], one["mean_fitness"], rtol=1e-5)
+    lines = (tmp_path / "two" / "sphere_openai_es" / "metrics.csv").read_text().splitlines()
+    assert len(lines) == 1 + 20  # one writer: a header and one row per generation
+    assert (tmp_path / "two" / "sphere_openai_es" / "checkpoint.msgpack").is_file()
 
 
 if __name__ == "__main__":

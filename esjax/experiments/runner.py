@@ -103,8 +103,14 @@ def run_experiment(
     progress: bool = True,
     output_dir: str | Path | None = None,
     resume: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict:
     """Run ``config`` and write ``<output_dir>/<name>/{metrics.csv,summary.json}``.
+
+    ``mesh`` shards the population over its devices (:func:`esjax.run`); in a multi-process
+    run every process calls this with the same arguments and only process 0 writes files,
+    checkpoints included (``summary["writer"]`` says which process did), so ``resume`` needs an
+    output folder every process can read.
 
     Keys: ``problem`` uses ``fold_in(seed_key, 0)``, ``init`` ``fold_in(seed_key, 1)`` and the
     generations ``fold_in(seed_key, 2)``, so every part is reproducible from ``seed`` alone.
@@ -120,7 +126,9 @@ def run_experiment(
       The summary dict written to ``summary.json``.
     """
     run_dir = Path(output_dir or config.output_dir) / config.name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    writer = jax.process_index() == 0
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
     seed_key = jax.random.key(config.seed)
     problem = build_problem(config.problem, jax.random.fold_in(seed_key, 0))
     es = build_strategy(config.strategy)
@@ -132,11 +140,13 @@ def run_experiment(
     if resume and has_checkpoint:
         state, metadata = load_resume_state(checkpoint_path, state, es, config)
         earlier_seconds = float(metadata.get("seconds", 0.0))
-        trim_metrics_csv(metrics_path, int(state.generation))
+        if writer:
+            trim_metrics_csv(metrics_path, int(state.generation))
     else:
-        if resume:
+        if resume and writer:
             print(f"esjax: no checkpoint in {run_dir}; starting from scratch", file=sys.stderr)
-        metrics_path.unlink(missing_ok=True)
+        if writer:
+            metrics_path.unlink(missing_ok=True)
     resumed_from = int(state.generation)
     if resumed_from > config.generations:
         raise ValueError(
@@ -150,13 +160,15 @@ def run_experiment(
     def save_checkpoint(state: StrategyState) -> None:
         seconds = earlier_seconds + time.perf_counter() - start
         metadata = {"config": config_to_dict(config), "seconds": seconds}
-        checkpoint.save(checkpoint_path, state, metadata, strategy=es)
+        if writer:
+            checkpoint.save(checkpoint_path, state, metadata, strategy=es)
         saved_at[0] = int(state.generation)
 
     def record(state: StrategyState, chunk: dict) -> None:
         # Metrics first: every row a checkpoint covers is on disk before the checkpoint is.
         every = config.checkpoint_every
-        append_metrics_csv(metrics_path, chunk, sync=bool(every))
+        if writer:
+            append_metrics_csv(metrics_path, chunk, sync=bool(every))
         if every and int(state.generation) // every > saved_at[0] // every:
             save_checkpoint(state)
 
@@ -169,9 +181,10 @@ def run_experiment(
         log_every=config.log_every,
         batch_size=config.batch_size,
         fitness_takes_key=problem.fitness_takes_key,
-        progress=progress,
+        progress=progress and writer,
         description=config.name,
         callback=record,
+        mesh=mesh,
     )
     jax.block_until_ready(state)
     if config.checkpoint_every and saved_at[0] != int(state.generation):
@@ -202,6 +215,11 @@ def run_experiment(
             summary["mean_fitness"] = float(mean_fitness)
     if problem.report is not None:
         summary.update(problem.report(solution))
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if mesh is not None:
+        summary["num_devices"] = int(mesh.devices.size)
+        summary["num_processes"] = jax.process_count()
+    if writer:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     summary["run_dir"] = str(run_dir)
+    summary["writer"] = writer
     return summary
