@@ -34,10 +34,11 @@ def centered_ranks(fitness: jax.Array) -> jax.Array:
     """Ranks scaled to ``[-0.5, 0.5]``: the best member gets -0.5, the worst +0.5.
 
     The shaping of Salimans et al. (2017): invariant to monotone transforms of the fitness and
-    robust to outliers. The result sums to zero.
+    robust to outliers. The result sums to zero (a lone member, which has no rank, gets 0).
     """
     n = fitness.shape[-1]
-    return ranks(fitness) / jnp.maximum(n - 1, 1) - 0.5
+    scores = ranks(fitness) / jnp.maximum(n - 1, 1) - 0.5
+    return scores if n > 1 else jnp.zeros_like(scores)
 
 
 def z_score(fitness: jax.Array, eps: float = 1e-8) -> jax.Array:

@@ -11,6 +11,8 @@ def test_centered_ranks_order_range_and_sum():
     shaped = shaping.centered_ranks(fitness)
     np.testing.assert_allclose(shaped, [1 / 6, -0.5, 0.5, -1 / 6], rtol=1e-6)
     np.testing.assert_allclose(jnp.sum(shaped), 0.0, atol=1e-7)
+    # A population of one has nothing to rank against: no push in any direction.
+    np.testing.assert_array_equal(shaping.centered_ranks(jnp.array([7.0])), [0.0])
 
 
 def test_ties_share_their_mean_rank():
