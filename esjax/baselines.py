@@ -121,7 +121,7 @@ def timed_run(
     progress: bool = True,
     description: str | None = None,
     history: list[dict] | None = None,
-    on_chunk: Callable[[Any, list[dict]], None] | None = None,
+    on_chunk: Callable[[Any, list[dict], float], None] | None = None,
 ) -> TimedRun:
     """Run ``num_steps`` steps in AOT-compiled ``lax.scan`` chunks of ``eval_every`` steps.
 
@@ -147,17 +147,25 @@ def timed_run(
       progress: show a tqdm bar.
       description: the bar's label.
       history: rows recorded before ``state`` (resuming); row 0 is then not re-evaluated.
-      on_chunk: ``(state, history) -> None`` called after every chunk's row (e.g. to save a
-        checkpoint); outside the timed region.
+      on_chunk: ``(state, history, compile_seconds) -> None`` called after every chunk's row
+        (e.g. to save a checkpoint), outside the timed region.
     """
     num_steps = check_int("num_steps", num_steps, 1)
     eval_every = check_int("eval_every", eval_every, 1)
     done = int(counter(state))
-    if done > num_steps or (history is None) != (done == 0):
+    consistent = (
+        history is None
+        if done == 0
+        else bool(history)
+        and history[-1]["step"] == done
+        and (done % eval_every == 0 or done == num_steps)
+    )
+    if done > num_steps or not consistent:
         raise ValueError(
             f"cannot resume at step {done} of num_steps={num_steps} with "
-            f"{'no' if history is None else len(history)} history rows: resume from a state "
-            "saved by this run, with the history recorded up to it"
+            f"{'no' if not history else len(history)} history rows: resume from a state saved "
+            f"by this run at an evaluation boundary (a multiple of eval_every={eval_every}), "
+            "with the history recorded up to it"
         )
 
     def make_chunk(length: int) -> Callable:
@@ -190,11 +198,12 @@ def timed_run(
             **values,
         }
 
-    compiled_chunk(min(eval_every, max(num_steps - done, 1)))
-    history = [row(0, 0.0)] if history is None else list(history)
-    seconds = history[-1]["wall_clock_s"]
     # A resumed run whose last row already met ``stop`` had ended there.
     stopped = done > 0 and stop is not None and bool(stop(history[-1]))
+    if done < num_steps and not stopped:
+        compiled_chunk(min(eval_every, num_steps - done))  # before row 0: keep it untimed
+    history = [row(0, 0.0)] if history is None else list(history)
+    seconds = history[-1]["wall_clock_s"]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -210,7 +219,7 @@ def timed_run(
             done += length
             history.append(row(done, seconds))
             if on_chunk is not None:
-                on_chunk(state, history)
+                on_chunk(state, history, compile_seconds)
             if bar is not None:
                 bar.update(length)
                 shown = {k: f"{v:.4g}" for k, v in history[-1].items() if k.startswith("test_")}
@@ -261,6 +270,7 @@ def train_optax(
     the trained parameters.
     """
     batch_size = check_int("batch_size", batch_size, 1)
+    nn.check_loss_kind(loss, takes_residuals=False, where="loss")
     loss_fn = nn.dataset_fitness(model, loss, dataset.x_train, dataset.y_train, batch_size)
     trainer = optax_trainer(loss_fn, optimizer)
     metrics = classifier_metrics(model, dataset)

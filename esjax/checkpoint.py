@@ -1,7 +1,8 @@
 """Checkpoints of strategy states: msgpack (flax.serialization), written atomically, verified.
 
-``save(path, state, metadata)`` writes any strategy state; ``load(path, like=state)`` restores it
-into the structure of ``like`` (a freshly ``init``-ed state of the same strategy, or
+``save(path, state, metadata)`` writes any strategy state (or another ``flax.struct`` state, such
+as a gradient trainer's :class:`esjax.baselines.GradientState`); ``load(path, like=state)``
+restores it into the structure of ``like`` (a freshly ``init``-ed state of the same strategy, or
 ``jax.eval_shape`` of one), leaf for leaf and bit for bit. No pickle is involved: the arrays go
 through ``flax.serialization.msgpack_serialize``, so a checkpoint does not depend on Python class
 layouts or on the JAX version that wrote it.
@@ -109,9 +110,12 @@ def _generation(state: Any) -> int | list | None:
 
 
 def _check_state(state: Any, name: str) -> None:
-    # Strategy states, and other flax.struct states such as esjax.baselines.GradientState.
+    # Strategy states, and other flax.struct states such as esjax.baselines.GradientState (a
+    # plain dataclass is not registered with flax.serialization: to_state_dict returns it as is).
     if not isinstance(state, StrategyState) and not (
-        dataclasses.is_dataclass(state) and not isinstance(state, type)
+        dataclasses.is_dataclass(state)
+        and not isinstance(state, type)
+        and isinstance(serialization.to_state_dict(state), dict)
     ):
         raise TypeError(
             f"{name} must be a strategy state (a StrategyState) or another flax.struct dataclass "
@@ -131,7 +135,7 @@ def _problem_header(state: Any) -> dict:
 
 def save(
     path: str | Path,
-    state: StrategyState,
+    state: Any,
     metadata: dict | None = None,
     *,
     strategy: Any = None,
@@ -277,14 +281,16 @@ def read_header(path: str | Path) -> dict:
     return header
 
 
-def load(path: str | Path, like: StrategyState, *, strategy: Any = None) -> StrategyState:
+def load(path: str | Path, like: Any, *, strategy: Any = None) -> Any:
     """Restore the state saved at ``path`` into the structure of ``like``.
 
     Args:
       path: a file written by :func:`save`.
       like: a state of the same strategy and problem (e.g. ``es.init(key, x0)``, or
-        ``jax.eval_shape`` of it); it supplies the pytree structure, the static ``spec`` and, for
-        arrays, the sharding the restored leaves are placed with. Its values are not used.
+        ``jax.eval_shape`` of it), or of the same other ``flax.struct`` type (a
+        ``GradientState``, checked leaf by leaf); it supplies the pytree structure, the static
+        ``spec`` and, for arrays, the sharding the restored leaves are placed with. Its values
+        are not used.
       strategy: if given (a Strategy or its name), the checkpoint must have been saved with the
         same strategy name.
 

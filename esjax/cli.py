@@ -15,7 +15,15 @@ def _run(args: argparse.Namespace) -> int:
         from esjax import distributed
 
         if args.distributed:  # before any other JAX call
-            distributed.initialize()
+            try:
+                distributed.initialize()
+            except (ValueError, RuntimeError) as error:
+                raise ValueError(
+                    f"--distributed could not join a multi-process run ({error}); start the "
+                    "processes with `esjax launch -n N -- esjax run ... --distributed`, under "
+                    "SLURM/a TPU pod, or set ESJAX_COORDINATOR_ADDRESS, ESJAX_NUM_PROCESSES and "
+                    "ESJAX_PROCESS_ID"
+                ) from error
         mesh = distributed.make_mesh()
     config = load_config(
         args.config,

@@ -258,6 +258,26 @@ RESIDUAL_LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 }
 
 
+def check_loss_kind(loss: str | Callable, *, takes_residuals: bool, where: str) -> None:
+    """Refuse a residual loss for a scalar-fitness method, and a scalar loss for EKI.
+
+    ``where`` names the parameter in the message (e.g. ``"method 'adam' loss"``); callables are
+    not checked (their output shape is the caller's business).
+    """
+    if callable(loss):
+        return
+    if takes_residuals and loss not in RESIDUAL_LOSSES:
+        raise ValueError(
+            f"{where}: EKI fits residual vectors, so the loss must be one of "
+            f"{sorted(RESIDUAL_LOSSES)}, got {loss!r}"
+        )
+    if not takes_residuals and loss in RESIDUAL_LOSSES:
+        raise ValueError(
+            f"{where}: {loss!r} is a residual vector, which only EKI can train on; use one of "
+            f"{sorted(LOSSES)}"
+        )
+
+
 def get_loss(loss: str | Callable) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """A loss by name from :data:`LOSSES` or :data:`RESIDUAL_LOSSES`, or ``loss`` if callable."""
     if callable(loss):
@@ -341,6 +361,7 @@ __all__ = [
     "FlaxModel",
     "NnxMLP",
     "accuracy",
+    "check_loss_kind",
     "cross_entropy",
     "dataset_fitness",
     "evaluate_classifier",
@@ -357,3 +378,66 @@ __all__ = [
     "step",
     "step_straight_through",
 ]
+
+
+def population_apply(
+    model: FlaxModel,
+    population: jax.Array,
+    inputs: jax.Array,
+    *,
+    population_chunk: int | None = None,
+    dtype: Any = None,
+) -> jax.Array:
+    """``model``'s outputs for every member of a flat population on the same ``inputs``.
+
+    Row ``i`` of ``population`` (``(population_size, num_params)``) holds member ``i``'s
+    parameters, unflattened with ``model.spec``; the result stacks ``model.apply(params_i,
+    inputs)`` into ``(population_size, *output_shape)``.
+
+    Memory. A vmapped ``apply`` holds every member's activations at once, ``population ×
+    examples × width`` floats per layer; a convolution whose kernel is batched over members
+    becomes one grouped convolution with ``population × features`` channels (about 5 GB for the
+    first layer of an 8-filter ConvNet with population 256 on 1,024 28×28 images).
+    ``population_chunk = c`` evaluates ``c`` members at a time (``lax.map`` over chunks, each one
+    vmapped ``apply``), which divides that peak by ``population_size / c`` and keeps a chunk's
+    activations closer to cache; ``population_size`` need not be a multiple of ``c``.
+
+    Precision. ``dtype`` (e.g. ``jnp.bfloat16``) casts the parameters and floating inputs for
+    the forward pass, halving its memory traffic; outputs are cast back to the population's
+    dtype, so losses are still computed in it.
+
+    Args:
+      model: a :class:`FlaxModel`.
+      population: ``(population_size, num_params)`` flat parameter vectors.
+      inputs: one batch, shared by every member, as ``model.apply`` takes it.
+      population_chunk: members per chunk (>= 1); None evaluates all at once.
+      dtype: forward-pass dtype; None keeps the parameters' own dtypes.
+
+    Returns:
+      ``(population_size, *output_shape)`` outputs in ``population.dtype``.
+
+    Example:
+      >>> logits = population_apply(model, population, images, population_chunk=32)
+    """
+    if population_chunk is not None:
+        population_chunk = check_int("population_chunk", population_chunk, 1)
+    if population.ndim != 2 or population.shape[1] != model.num_params:
+        raise ValueError(
+            f"population must have shape (population_size, {model.num_params}), got "
+            f"{population.shape}"
+        )
+    output_dtype = population.dtype
+
+    def cast(leaf: jax.Array) -> jax.Array:
+        floating = dtype is not None and jnp.issubdtype(leaf.dtype, jnp.floating)
+        return leaf.astype(dtype) if floating else leaf
+
+    inputs = jax.tree_util.tree_map(cast, inputs)
+
+    def member(vector: jax.Array) -> jax.Array:
+        params = jax.tree_util.tree_map(cast, model.spec.unflatten(vector))
+        return model.apply(params, inputs).astype(output_dtype)
+
+    if population_chunk is None or population_chunk >= population.shape[0]:
+        return jax.vmap(member)(population)
+    return jax.lax.map(member, population, batch_size=population_chunk)

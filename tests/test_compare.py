@@ -231,7 +231,7 @@ def test_every_registered_strategy_plugs_in_by_name(name):
                 ]
             },
             ValueError,
-            "only \\['eki'\\]",
+            "only EKI can train on",
         ),
     ],
 )

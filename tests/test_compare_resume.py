@@ -120,17 +120,100 @@ def test_resume_refuses_a_changed_config(straight_and_resumed, tmp_path):
         compare.run_comparison(changed, output_dir=straight_dir.parent, progress=False, resume=True)
 
 
-def test_timed_run_rejects_a_history_that_does_not_fit_the_state():
+@pytest.mark.parametrize(
+    "steps_done, history, words",
+    [
+        (0, [{"step": 0, "wall_clock_s": 0.0}], "at step 0"),  # a fresh state with history
+        (2, None, "at step 2 .* no history"),  # a resumed state without
+        (2, [], "at step 2 .* no history"),
+        (2, [{"step": 0, "wall_clock_s": 0.0}], "at step 2"),  # rows stop short of the state
+        (
+            3,
+            [{"step": 3, "wall_clock_s": 0.0}],
+            "at step 3 .* multiple of eval_every=2",
+        ),  # mid-chunk
+    ],
+)
+def test_timed_run_rejects_a_history_that_does_not_fit_the_state(steps_done, history, words):
     trainer = baselines.optax_trainer(lambda p, key: (p**2).sum())
-    state = trainer.init(jax.numpy.ones(3))
+    state = trainer.init(jax.numpy.ones(3)).replace(step=jax.numpy.asarray(steps_done))
     kwargs = dict(counter=lambda s: s.step, evaluate=lambda s: {}, eval_every=2)
-    with pytest.raises(ValueError, match="cannot resume at step 0"):
+    with pytest.raises(ValueError, match=f"cannot resume {words}"):
         baselines.timed_run(
             trainer.step,
             state,
             jax.random.key(0),
             4,
             forward_passes_per_step=1,
-            history=[{"step": 0, "wall_clock_s": 0.0}],
+            history=history,
             **kwargs,
         )
+
+
+ADAM_ONLY = {
+    **RAW,
+    "name": "adam_only",
+    "methods": [
+        {"label": "adam", "optimizer": {"name": "adam", "learning_rate": 0.01}, "steps": 20}
+    ],
+}
+
+
+def test_resume_refuses_another_stop_rule_and_fresh_runs_clear_old_results(tmp_path):
+    first = compare.run_comparison(compare.parse_comparison(ADAM_ONLY), output_dir=tmp_path)
+    assert first["methods"][0]["steps"] == 20
+    # Stopping at the target changes where a run ends: its saved summary cannot be reused.
+    stopping = compare.parse_comparison({**ADAM_ONLY, "stop_at_target": True})
+    with pytest.raises(checkpoint.CheckpointError, match="stop_at_target"):
+        compare.run_comparison(stopping, output_dir=tmp_path, progress=False, resume=True)
+    # A fresh run with another learning rate replaces the old summary and checkpoints, so a
+    # later --resume of the new config finds its own results, not the old ones.
+    faster = {**ADAM_ONLY, "methods": [{**ADAM_ONLY["methods"][0], "steps": 10}]}
+    compare.run_comparison(compare.parse_comparison(faster), output_dir=tmp_path, progress=False)
+    again = compare.run_comparison(
+        compare.parse_comparison(faster), output_dir=tmp_path, progress=False, resume=True
+    )
+    assert again["methods"][0]["steps"] == 10
+
+
+def test_resume_checks_the_config_before_loading_the_state(tmp_path):
+    compare.run_comparison(compare.parse_comparison(ADAM_ONLY), output_dir=tmp_path, progress=False)
+    (tmp_path / "adam_only" / "adam" / compare.METHOD_SUMMARY_FILE).unlink()  # "killed at the end"
+    wider = {**ADAM_ONLY, "model": {"hidden": [16]}}  # other shapes: load alone would say so
+    with pytest.raises(checkpoint.CheckpointError, match=r"differs in \['model'\]"):
+        compare.run_comparison(
+            compare.parse_comparison(wider), output_dir=tmp_path, progress=False, resume=True
+        )
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        compare.run_comparison(
+            compare.parse_comparison(ADAM_ONLY), output_dir=tmp_path, checkpoint_every=0
+        )
+
+
+def test_residual_losses_are_refused_outside_eki():
+    from esjax import nn
+    from esjax.experiments.config import parse_config
+    from esjax.tasks import load_digits
+
+    raw = {
+        "name": "x",
+        "strategy": {"name": "openai_es", "population_size": 8},
+        "problem": {"name": "digits_mlp", "loss": "softmax_residual"},
+        "generations": 2,
+    }
+    with pytest.raises(ValueError, match="problem.loss.*only EKI"):
+        parse_config(raw)
+    model = nn.mlp(64, 10, [4], key=jax.random.key(0))
+    with pytest.raises(ValueError, match="loss.*only EKI"):
+        baselines.train_optax(model, load_digits(), jax.random.key(0), 2, loss="output_residual")
+
+
+def test_checkpoint_refuses_a_plain_dataclass(tmp_path):
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Plain:
+        value: int = 1
+
+    with pytest.raises(TypeError, match="flax.struct dataclass"):
+        checkpoint.save(tmp_path / "x.msgpack", Plain())

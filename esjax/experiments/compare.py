@@ -66,7 +66,12 @@ from esjax.baselines import (
     timed_run,
 )
 from esjax.experiments import report
-from esjax.experiments.config import build_optimizer, build_strategy, validate_strategy_section
+from esjax.experiments.config import (
+    RESIDUAL_STRATEGIES,
+    build_optimizer,
+    build_strategy,
+    validate_strategy_section,
+)
 from esjax.loop import make_generation
 from esjax.tasks.supervised import Dataset, load_dataset
 
@@ -145,8 +150,6 @@ TOP_KEYS = {
     "checkpoint_every": (int, type(None)),
 }
 MODEL_KEYS = ("hidden", "activation", "api")
-# Strategies whose ``tell`` takes per-member residual vectors instead of a scalar fitness.
-RESIDUAL_STRATEGIES = ("eki",)
 
 
 def _check_keys(section: str, given: dict, valid) -> None:
@@ -156,18 +159,8 @@ def _check_keys(section: str, given: dict, valid) -> None:
 
 
 def _check_loss_kind(label: str, strategy: dict | None, loss: str) -> None:
-    # EKI's tell takes residual vectors; every other method needs a scalar loss.
     takes_residuals = strategy is not None and strategy["name"] in RESIDUAL_STRATEGIES
-    if takes_residuals and loss not in nn.RESIDUAL_LOSSES:
-        raise ValueError(
-            f"method {label!r}: strategy {strategy['name']!r} fits residual vectors, so its loss "
-            f"must be one of {sorted(nn.RESIDUAL_LOSSES)}, got {loss!r}"
-        )
-    if not takes_residuals and loss in nn.RESIDUAL_LOSSES:
-        raise ValueError(
-            f"method {label!r}: loss {loss!r} is a residual vector, which only "
-            f"{sorted(RESIDUAL_STRATEGIES)} can train on; use one of {sorted(nn.LOSSES)}"
-        )
+    nn.check_loss_kind(loss, takes_residuals=takes_residuals, where=f"method {label!r} loss")
 
 
 def _parse_method(raw: Any, defaults: dict, steps_override: int | None) -> MethodConfig:
@@ -366,9 +359,15 @@ METHOD_SUMMARY_FILE = "summary.json"
 
 
 def _method_fingerprint(
-    method: MethodConfig, model_section: dict, seed: int, task: dict, target_accuracy: float
+    method: MethodConfig,
+    model_section: dict,
+    seed: int,
+    task: dict,
+    target_accuracy: float,
+    stop_at_target: bool,
 ) -> dict:
-    # Everything that changes a method's trajectory; resuming requires all of it to agree.
+    # Everything that changes a method's trajectory or where it ends; resuming requires all of
+    # it to agree.
     return json.loads(
         json.dumps(
             {
@@ -377,6 +376,7 @@ def _method_fingerprint(
                 "seed": seed,
                 "task": task,
                 "target_accuracy": target_accuracy,
+                "stop_at_target": stop_at_target,
             },
             default=str,
         )
@@ -395,21 +395,32 @@ def _check_fingerprint(path: Path, saved: dict | None, expected: dict) -> None:
 def _resume_point(
     method_dir: Path, like: Any, fingerprint: dict
 ) -> tuple[Any, list[dict] | None, float]:
-    """The checkpointed state, its history and compile seconds (or ``like``, None, 0)."""
+    """The checkpointed state, its history and compile seconds (or ``like``, None, 0).
+
+    The config fingerprint is checked before the state is loaded, so a changed config is
+    reported as such rather than as a shape mismatch."""
     path = method_dir / CHECKPOINT_FILE
     if not path.exists() and not checkpoint.previous_path(path).exists():
         return like, None, 0.0
     try:
-        state = checkpoint.load(path, like)
+        header = checkpoint.read_header(path)
     except (checkpoint.CorruptCheckpointError, FileNotFoundError) as error:
         previous = checkpoint.previous_path(path)
         if not previous.exists():
             raise
         print(f"esjax: {error}; resuming from {previous}", file=sys.stderr)
-        path, state = previous, checkpoint.load(previous, like)
-    metadata = checkpoint.read_header(path)["metadata"]
+        path, header = previous, checkpoint.read_header(previous)
+    metadata = header["metadata"] or {}
     _check_fingerprint(path, metadata.get("fingerprint"), fingerprint)
-    return state, metadata["history"], metadata["compile_s"]
+    return checkpoint.load(path, like), metadata["history"], metadata["compile_s"]
+
+
+def _clear_method_dir(method_dir: Path) -> None:
+    # A fresh (not resumed) run must not leave an older run's summary or checkpoints behind,
+    # where a later --resume would find them.
+    for name in (METHOD_SUMMARY_FILE, CHECKPOINT_FILE):
+        (method_dir / name).unlink(missing_ok=True)
+    checkpoint.previous_path(method_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
 
 
 def run_method(
@@ -433,39 +444,46 @@ def run_method(
     at the first evaluation boundary at or after every K steps, and at the end. ``resume=True``
     returns a finished method's saved summary without training, and continues an unfinished one
     from its checkpoint: every evaluation row, and the final state, are bit-identical to an
-    uninterrupted run (wall-clock is what each process measured). A summary or checkpoint written
-    under a different method, model, seed, task or target is refused.
+    uninterrupted run (wall-clock and compile time are what each process measured, summed). A
+    summary or checkpoint written under a different method, model, seed, task, target or
+    ``stop_at_target`` is refused. Without ``resume`` the folder's earlier summary and
+    checkpoints are removed first.
     """
+    if checkpoint_every is not None:
+        checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
+        if method_dir is None:
+            raise ValueError("checkpoint_every needs a method_dir to write checkpoints to")
     setup = build_method(method, dataset, model_section, seed)
     stop = (lambda row: row["test_accuracy"] >= target_accuracy) if stop_at_target else None
     method_dir = None if method_dir is None else Path(method_dir)
-    fingerprint = _method_fingerprint(method, model_section, seed, task or {}, target_accuracy)
+    fingerprint = _method_fingerprint(
+        method, model_section, seed, task or {}, target_accuracy, stop_at_target
+    )
     state, history, previous_compile = setup.state, None, 0.0
-    if resume and method_dir is not None:
+    if method_dir is not None and not resume:
+        _clear_method_dir(method_dir)
+    if method_dir is not None and resume:
         summary_path = method_dir / METHOD_SUMMARY_FILE
         if summary_path.exists():
             summary = json.loads(summary_path.read_text())
             _check_fingerprint(summary_path, summary.pop("fingerprint", None), fingerprint)
             return summary
         state, history, previous_compile = _resume_point(method_dir, setup.state, fingerprint)
-    if checkpoint_every is not None:
-        checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
-        if method_dir is None:
-            raise ValueError("checkpoint_every needs a method_dir to write checkpoints to")
-    on_chunk = None
-    if checkpoint_every is not None:
-        saved_at = [int(setup.counter(state))]
+    saved_at = [int(setup.counter(state))]
 
-        def on_chunk(state, rows: list[dict]) -> None:
-            done = rows[-1]["step"]
-            if done // checkpoint_every > saved_at[0] // checkpoint_every or done >= method.steps:
-                metadata = {
-                    "fingerprint": fingerprint,
-                    "history": rows,
-                    "compile_s": previous_compile,
-                }
-                checkpoint.save(method_dir / CHECKPOINT_FILE, state, metadata)
-                saved_at[0] = done
+    def save(state, rows: list[dict], compile_seconds: float) -> None:
+        metadata = {
+            "fingerprint": fingerprint,
+            "history": rows,
+            "compile_s": previous_compile + compile_seconds,
+        }
+        checkpoint.save(method_dir / CHECKPOINT_FILE, state, metadata)
+        saved_at[0] = rows[-1]["step"]
+
+    def on_chunk(state, rows: list[dict], compile_seconds: float) -> None:
+        done = rows[-1]["step"]
+        if done // checkpoint_every > saved_at[0] // checkpoint_every or done >= method.steps:
+            save(state, rows, compile_seconds)
 
     result = timed_run(
         setup.step_fn,
@@ -480,7 +498,7 @@ def run_method(
         progress=progress,
         description=method.label,
         history=history,
-        on_chunk=on_chunk,
+        on_chunk=None if checkpoint_every is None else on_chunk,
     )
     final = result.history[-1]
     summary = {
@@ -504,13 +522,7 @@ def run_method(
     }
     if method_dir is not None:
         if checkpoint_every is not None and saved_at[0] != result.steps:
-            # stopped at the target between checkpoints: keep the final state too
-            metadata = {
-                "fingerprint": fingerprint,
-                "history": result.history,
-                "compile_s": summary["compile_s"],
-            }
-            checkpoint.save(method_dir / CHECKPOINT_FILE, result.state, metadata)
+            save(result.state, result.history, result.compile_seconds)  # stopped at the target
         method_dir.mkdir(parents=True, exist_ok=True)
         temporary = method_dir / f".{METHOD_SUMMARY_FILE}.tmp"
         temporary.write_text(json.dumps({**summary, "fingerprint": fingerprint}) + "\n")
@@ -535,11 +547,15 @@ def run_comparison(
     ``checkpoint_every`` (default: the config's ``checkpoint_every``) and ``resume`` are passed to
     :func:`run_method` for every method, with ``<run_dir>/<label>/`` as its folder: a killed
     comparison resumed with ``resume=True`` skips the finished methods, continues the interrupted
-    one from its checkpoint and reproduces every number but the wall-clock.
+    one from its checkpoint and reproduces every number but wall-clock and compile time.
 
     Returns:
       ``{"run_dir", "methods": [summary, ...], "scaling": [row, ...] or None}``.
     """
+    if checkpoint_every is None:
+        checkpoint_every = config.checkpoint_every
+    else:
+        checkpoint_every = check_int("checkpoint_every (--checkpoint-every)", checkpoint_every, 1)
     run_dir = Path(output_dir or config.output_dir) / config.name
     run_dir.mkdir(parents=True, exist_ok=True)
     dataset = load_task(config.task)
@@ -554,9 +570,7 @@ def run_comparison(
     }
     summaries, scaling_rows = [], None
     resumable = {
-        "checkpoint_every": config.checkpoint_every
-        if checkpoint_every is None
-        else checkpoint_every,
+        "checkpoint_every": checkpoint_every,
         "resume": resume,
         "task": config.task,
     }

@@ -30,8 +30,12 @@ from typing import Any
 import optax
 import yaml
 
+from esjax import nn
 from esjax.base import Strategy, check_int
 from esjax.strategies import get_strategy
+
+# Strategies whose ``tell`` takes per-member residual vectors instead of a scalar fitness.
+RESIDUAL_STRATEGIES = ("eki",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +113,12 @@ def parse_config(raw: dict) -> ExperimentConfig:
         if "name" not in getattr(config, section):
             raise ValueError(f"config section {section!r} needs a 'name'")
     validate_strategy_section(config.strategy)
+    if "loss" in config.problem:
+        nn.check_loss_kind(
+            config.problem["loss"],
+            takes_residuals=config.strategy["name"] in RESIDUAL_STRATEGIES,
+            where="problem.loss",
+        )
     return config
 
 

@@ -97,6 +97,19 @@ def load_resume_state(
     return state, metadata
 
 
+def _check_same_start(generation: int, run_dir: Path) -> None:
+    # Every process of a multi-process run must resume from the same checkpoint; one that cannot
+    # see the folder would otherwise start from scratch and deadlock or fail inside a collective.
+    from jax.experimental import multihost_utils
+
+    starts = np.asarray(multihost_utils.process_allgather(np.int32(generation))).ravel()
+    if np.any(starts != generation):
+        raise checkpoint.CheckpointError(
+            f"the processes would start from generations {starts.tolist()}: with --resume, "
+            f"{run_dir} must be a folder every process can read (a shared file system)"
+        )
+
+
 def run_experiment(
     config: ExperimentConfig,
     *,
@@ -148,6 +161,8 @@ def run_experiment(
         if writer:
             metrics_path.unlink(missing_ok=True)
     resumed_from = int(state.generation)
+    if jax.process_count() > 1:
+        _check_same_start(resumed_from, run_dir)
     if resumed_from > config.generations:
         raise ValueError(
             f"generations={config.generations} is below the checkpoint's generation "
