@@ -17,6 +17,7 @@ import argparse
 import datetime
 import importlib.util
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -54,6 +55,18 @@ GRIDS = {
 
 SIGMA = 0.05
 LEARNING_RATE = 0.01
+
+# Where the two libraries' strategies of the same name are different algorithms, the row says so.
+NOTES = {
+    "pso": (
+        "Different algorithms. evosax 0.3's PSO is the classic global-best inertia-weight update "
+        "with one pair of uniforms (r1, r2) per particle, shared by all dimensions: 2 random "
+        "numbers per particle per generation. esjax's default is SPSO-2011 (ring topology, "
+        "per-dimension U1, U2 and a uniform point in a hypersphere around the centre of "
+        "gravity): 3d + 1 random numbers per particle (30,001 at d = 10,000), and drawing them "
+        "dominates the cost of a generation."
+    ),
+}
 
 
 def _default_population(num_dims: int) -> int:
@@ -120,7 +133,11 @@ def evosax_loop(name: str, population_size: int, num_dims: int) -> Callable | No
         params = params.replace(std_init=SIGMA)
 
     def loop(key, generations):
-        state = es.init(key, x0, params)
+        if name == "pso":  # evosax's population-based init takes an evaluated swarm
+            swarm = x0 + jax.random.normal(key, (population_size, num_dims))
+            state = es.init(key, swarm, esjax.problems.sphere(swarm), params)
+        else:
+            state = es.init(key, x0, params)
 
         def body(state, generation):
             k = jax.random.fold_in(key, generation)
@@ -167,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     grid_name = args.grid or ("cpu" if device.platform == "cpu" else "gpu")
     only = set(args.only.split(",")) if args.only else None
 
+    load_average = os.getloadavg()[0]
     rows = []
     for name, population_size, num_dims in GRIDS[grid_name]:
         if only and name not in only:
@@ -178,8 +196,12 @@ def main(argv: list[str] | None = None) -> dict:
             row[library] = None if loop is None else time_loop(loop, args.generations, args.repeats)
         if row["esjax"] and row["evosax"]:
             row["speedup"] = row["evosax"]["ms_per_generation"] / row["esjax"]["ms_per_generation"]
+        if name in NOTES:
+            row["note"] = NOTES[name]
         rows.append(row)
         _print_row(row)
+        if "note" in row:
+            print(f"{'':>22}note: {row['note'].split('. ')[0]} (see the JSON)", flush=True)
 
     versions = {
         "jax": jax.__version__,
@@ -195,6 +217,9 @@ def main(argv: list[str] | None = None) -> dict:
         "device": device.device_kind,
         "platform": device.platform,
         "device_count": jax.device_count(),
+        "host_cpu_cores": os.cpu_count(),
+        # Other processes on the host inflate both libraries' times alike, but not exactly.
+        "host_load_average_at_start": load_average,
         "date": datetime.date.today().isoformat(),
         "grid": grid_name,
         "generations": args.generations,

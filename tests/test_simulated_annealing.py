@@ -64,7 +64,7 @@ def _in_global_basin(best_fitness, best_solution):
 def test_rastrigin_2d_ends_in_global_basin_for_at_least_90_percent_of_seeds(rastrigin_runs):
     best_fitness, best_solution, temperature = rastrigin_runs
     success = _in_global_basin(best_fitness[0], best_solution[0])
-    # Measured: 20/20 here, 98.5% over 200 seeds; the issue asks for >= 90%.
+    # Measured: 19/20 here, 99% over 200 other seeds; the issue asks for >= 90%.
     assert success.sum() >= 18, success
     np.testing.assert_allclose(temperature[0], 30.0 * math.exp(-SLOW_RATE * NUM_GENERATIONS))
 
@@ -73,7 +73,7 @@ def test_slower_cooling_raises_rastrigin_success_rate(rastrigin_runs):
     best_fitness, best_solution, _ = rastrigin_runs
     slow = _in_global_basin(best_fitness[0], best_solution[0]).mean()
     fast = _in_global_basin(best_fitness[1], best_solution[1]).mean()
-    # Measured over 200 seeds: 0.985 at rate 0.01 vs 0.18 at rate 0.1. Quenching freezes the
+    # Measured: 0.95 vs 0.25 here, 0.99 vs 0.13 over 200 other seeds. Quenching freezes the
     # chains in whichever basin they reach first; a 0.4 gap on 20 seeds is > 4 binomial sd.
     assert slow - fast >= 0.4, (slow, fast)
 
@@ -172,7 +172,7 @@ def test_step_size_adapts_to_target_acceptance(key):
     rates, step_sizes = jax.jit(jax.vmap(run_one))(jnp.array([10.0, 0.001]))
     # 64 chains x 200 generations: the rate's sd is ~0.01 (correlated draws); measured 0.30, 0.30.
     np.testing.assert_allclose(rates, 0.3, atol=0.03)
-    # Measured 0.69 and 0.76.
+    # Measured 0.77 and 0.76.
     assert np.all((step_sizes > 0.5) & (step_sizes < 1.0)), step_sizes
 
 
@@ -229,9 +229,15 @@ def test_chain_randomness_depends_only_on_key_and_index(key):
     state = SMALL.init(key, jnp.zeros(2))
     proposals, state = SMALL_ASK(key, state)
     some = jnp.array([4, 1])
-    noise, draws = jax.vmap(chain_draws, (None, 0, None))(key, some, 2)
-    np.testing.assert_allclose(proposals[some], 0.3 * noise, rtol=1e-6)
-    np.testing.assert_array_equal(state.acceptance_draws[some], draws)
+    noise, draws = chain_draws(key, 5, 2)
+    np.testing.assert_allclose(proposals[some], 0.3 * noise[some], rtol=1e-6)
+    np.testing.assert_array_equal(state.acceptance_draws[some], draws[some])
+    # Row i depends on (key, i, num_dims) alone: more chains extend the draw, and each chain's
+    # noise is its own (the rows differ).
+    more_noise, more_draws = chain_draws(key, 9, 2)
+    np.testing.assert_array_equal(more_noise[:5], noise)
+    np.testing.assert_array_equal(more_draws[:5], draws)
+    assert len(np.unique(np.asarray(more_noise))) == more_noise.size
 
 
 def _three_generations(key, state, jit):

@@ -41,8 +41,14 @@ and pytree structure. Without bounds the same rule draws the swarm in the box
 
 Ask and tell. ``init`` needs no evaluated population: the first ``ask`` returns the initial swarm
 and the first ``tell`` sets the personal bests; every later ``ask`` moves the swarm. Non-finite
-fitness never becomes a personal best, so it never enters a velocity. Particle ``i``'s random
-numbers in a generation come from ``fold_in(key, i)`` alone.
+fitness never becomes a personal best, so it never enters a velocity.
+
+Randomness. A move draws ``3 d + 1`` numbers per particle (``U1, U2, z, ρ``), far more than the
+``O(d)`` arithmetic around them, so the draws set the speed of a large swarm. They come from
+:func:`random_bits`, one fused Threefry kernel for the whole swarm and a function of the key
+given to ``ask`` alone (so every device of a sharded run draws the same swarm); ``z`` is
+``erf⁻¹`` of a uniform on the open interval ``(-1, 1)``, a normal up to the factor ``√2`` that
+``z / ||z||`` drops.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ from esjax.base import (
     update_best,
 )
 from esjax.flatten import flatten_x0
+from esjax.prng import float_bits_type, random_bits, symmetric_from_bits, uniform_from_bits
 
 TOPOLOGIES = ("global", "ring")
 UPDATES = ("spso2011", "classic")
@@ -141,22 +148,25 @@ def informant_best(
     ]
 
 
-def particle_draws(
-    key: jax.Array, index: jax.Array, num_dims: int, dtype=jnp.float32
+def swarm_draws(
+    key: jax.Array, population_size: int, num_dims: int, dtype=jnp.float32
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Particle ``index``'s random numbers for one move, a function of ``(key, index)`` alone.
+    """The whole swarm's random numbers for one move, a function of ``key`` alone.
 
     Returns:
-      ``U1, U2`` (``(num_dims,)`` uniforms, per dimension), ``z`` (``(num_dims,)`` standard
-      normals, the hypersphere direction) and ``ρ`` (a scalar uniform, the radius fraction).
+      ``U1, U2`` (``(population_size, num_dims)`` uniforms on ``[0, 1)``, per particle and
+      dimension), ``z`` (``(population_size, num_dims)``, each row a normal vector up to a common
+      scale: its direction ``z / ||z||`` is uniform on the sphere) and ``ρ``
+      (``(population_size,)`` uniforms on ``[0, 1)``, the radius fractions).
     """
-    # One random-bits call per particle: XLA compiles every such kernel separately, so fewer
-    # calls keep the compile time of a scanned run down.
-    u = jax.random.uniform(jax.random.fold_in(key, index), (3 * num_dims + 1,), dtype)
-    u1, u2, u3 = u[:-1].reshape(3, num_dims)
-    # Inverse-CDF normals; u3 is moved off 0 so that the quantile stays finite.
-    z = jax.scipy.special.ndtri(jnp.maximum(u3, jnp.finfo(dtype).tiny))
-    return u1, u2, z, u[-1]
+    uint, _, _ = float_bits_type(dtype)
+    swarm_key, radius_key = jax.random.split(key)
+    bits = random_bits(swarm_key, (3, population_size, num_dims), uint)
+    # erf⁻¹(s) for s ~ U(-1, 1) is N(0, 1/2) (the normal's inverse CDF up to √2, which the
+    # direction does not see); erf⁻¹ is cheaper than ndtri.
+    z = jax.lax.erf_inv(symmetric_from_bits(bits[2], dtype))
+    rho = jax.random.uniform(radius_key, (population_size,), dtype)
+    return uniform_from_bits(bits[0], dtype), uniform_from_bits(bits[1], dtype), z, rho
 
 
 def reflect_into(x: jax.Array, lower: jax.Array, upper: jax.Array) -> jax.Array:
@@ -252,13 +262,12 @@ def pso(
         else:
             lower, upper = bounds_like(mean)
 
-        def particle(i):
-            position_key, velocity_key = jax.random.split(jax.random.fold_in(key, i))
-            x = jax.random.uniform(position_key, mean.shape, mean.dtype, lower, upper)
-            v = jax.random.uniform(velocity_key, mean.shape, mean.dtype, lower - x, upper - x)
-            return x, v
-
-        positions, velocities = jax.vmap(particle)(indices)
+        uint, _, _ = float_bits_type(mean.dtype)
+        bits = random_bits(key, (2, population_size, *mean.shape), uint)
+        width = upper - lower
+        # x ~ U(lower, upper), then v ~ U(lower - x, upper - x): x + v is again in the box.
+        positions = jnp.clip(lower + width * uniform_from_bits(bits[0], mean.dtype), lower, upper)
+        velocities = (lower - positions) + width * uniform_from_bits(bits[1], mean.dtype)
         best_solution, best_fitness = init_best(mean)
         return PSOState(
             best_solution=best_solution,
@@ -283,9 +292,7 @@ def pso(
         informs_itself = (best_index == indices)[:, None]
         dtype, num_dims = x.dtype, state.num_dims
 
-        u1, u2, z, rho = jax.vmap(particle_draws, (None, 0, None, None))(
-            key, indices, num_dims, dtype
-        )
+        u1, u2, z, rho = swarm_draws(key, population_size, num_dims, dtype)
         to_p = params.cognitive * u1 * (own_best - x)
         to_l = params.social * u2 * (informed_best - x)
         if update == "classic":
@@ -315,11 +322,13 @@ def pso(
         return positions, velocities
 
     def ask(key: jax.Array, state: PSOState) -> tuple[jax.Array, PSOState]:
-        positions, velocities = move(key, state)
-        # Generation 0 evaluates the initial swarm itself; personal bests do not exist yet.
-        first = state.generation == 0
-        positions = jnp.where(first, state.positions, positions)
-        velocities = jnp.where(first, state.velocities, velocities)
+        # Generation 0 evaluates the initial swarm itself (personal bests do not exist yet), and
+        # `cond` skips the move there; under vmap it becomes a select that computes both.
+        positions, velocities = jax.lax.cond(
+            state.generation == 0,
+            lambda: (state.positions, state.velocities),
+            lambda: move(key, state),
+        )
         return positions, state.replace(positions=positions, velocities=velocities)
 
     def tell(state: PSOState, population: jax.Array, fitness: jax.Array) -> PSOState:

@@ -1,0 +1,211 @@
+"""Print the README's "Performance" section from the newest JSON files in benchmarks/results/.
+
+For every benchmark (``throughput``, ``train``, ``convnet``, ``distributed``) and every device it
+was run on, the file with the latest date is read and turned into a Markdown table with the
+ratios; the device, host load and library versions head each table. Nothing is measured here.
+
+    python benchmarks/performance_md.py                   # print to stdout
+    python benchmarks/performance_md.py > performance.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BENCHMARKS = ("throughput", "train", "convnet", "distributed")
+
+
+def latest_results(results: Path) -> dict[str, list[dict]]:
+    """``benchmark -> [result, ...]``: per benchmark and device, the newest file's contents."""
+    newest: dict[tuple[str, str, str], tuple[str, dict]] = {}
+    for path in sorted(results.glob("*.json")):
+        result = json.loads(path.read_text())
+        benchmark = result.get("benchmark")
+        if benchmark not in BENCHMARKS:
+            continue
+        key = (benchmark, result.get("platform", "?"), result.get("device", "?"))
+        stamp = f"{result.get('date', '')} {path.stat().st_mtime:020.6f}"
+        if key not in newest or stamp > newest[key][0]:
+            newest[key] = (stamp, {**result, "file": path.name})
+    grouped: dict[str, list[dict]] = {name: [] for name in BENCHMARKS}
+    for (benchmark, _, _), (_, result) in sorted(newest.items()):
+        grouped[benchmark].append(result)
+    return grouped
+
+
+def _context(result: dict) -> str:
+    versions = result.get("versions", {})
+    parts = [f"Device `{result.get('device')}` ({result.get('platform')})"]
+    if result.get("host_cpu_cores"):
+        parts.append(f"{result['host_cpu_cores']} host CPU cores")
+    load = result.get("host_load_average_at_start", result.get("host_load_average_at_end"))
+    if load is not None:
+        parts.append(f"host load average {load:.1f}")
+    parts += [f"{name} {versions[name]}" for name in ("jax", "evosax") if name in versions]
+    parts.append(f"{result.get('date')}, `benchmarks/results/{result['file']}`")
+    return "; ".join(parts) + "."
+
+
+def _number(value, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int) or abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def throughput_section(result: dict) -> list[str]:
+    lines = [
+        f"**Throughput** (`benchmarks/throughput.py`): milliseconds per generation of "
+        f"ask → sphere → tell in a jitted `lax.scan`, {result.get('generations')} generations, "
+        f"best of {result.get('repeats')}; both libraries in the same process. " + _context(result),
+        "",
+        "| strategy | population | dimensions | esjax ms | evosax ms | evosax / esjax |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    notes = []
+    for row in result["rows"]:
+        esjax_ms = (row.get("esjax") or {}).get("ms_per_generation")
+        evosax_ms = (row.get("evosax") or {}).get("ms_per_generation")
+        speedup = row.get("speedup")
+        name = row["strategy"]
+        if "note" in row:
+            notes.append(row["note"])
+            name += f" [{len(notes)}]"
+        lines.append(
+            f"| {name} | {row['population_size']:,} | {row['num_dims']:,} | "
+            f"{_number(esjax_ms)} | {_number(evosax_ms)} | "
+            f"{'–' if speedup is None else f'{speedup:.2f}×'} |"
+        )
+    lines.append("")
+    lines += [f"[{i}] {note}" for i, note in enumerate(notes, 1)]
+    return lines
+
+
+def train_section(result: dict) -> list[str]:
+    lines = [
+        f"**Training to {100 * result['target_accuracy']:.0f}% test accuracy** "
+        f"(`benchmarks/train.py`): {result['task']}, MLP with {result['num_params']:,} "
+        f"parameters, minibatches of {result['batch_size']:,}, evaluated every "
+        f"{result['eval_every']} steps; wall-clock excludes compilation and evaluation, a "
+        "backprop step counts as 3 forward passes. " + _context(result),
+        "",
+        "| method | library | steps to target | seconds to target | forward passes to target "
+        "| ms / step | steps run | best test accuracy |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in result["rows"]:
+        lines.append(
+            f"| {row['label']} | {row['library']} | {_number(row['steps_to_target'])} | "
+            f"{_number(row['seconds_to_target'])} | "
+            f"{_number(row['forward_passes_to_target'])} | {_number(row['ms_per_step'])} | "
+            f"{row['steps']:,} | {100 * row['best_test_accuracy']:.1f}% |"
+        )
+    comparison = result.get("comparison", {})
+    if comparison:
+        lines.append("")
+        lines.append(
+            "evosax / esjax OpenAI-ES: "
+            + ", ".join(
+                f"{name.removeprefix('evosax_over_esjax_').replace('_', ' ')} {value:.2f}×"
+                for name, value in comparison.items()
+            )
+            + " (above 1: esjax faster)."
+        )
+    reference = result.get("evosax_reference_h100")
+    if reference:
+        lines.append(
+            f"For scale, evosax's own H100 reference: Open_ES {reference['Open_ES_seconds_to_95']}"
+            f" s to 95%, Adam {reference['adam_seconds_to_95']} s."
+        )
+    return lines
+
+
+def convnet_section(result: dict) -> list[str]:
+    lines = [
+        f"**ConvNet population forward** (`benchmarks/convnet.py`): {result['model']} "
+        f"({result['num_params']:,} parameters), images per second for "
+        f"population {result['population_size']} × {result['batch_size']:,} synthetic 28×28 "
+        f"images, best of {result['repeats']}. " + _context(result),
+        "",
+        "| method | dtype | population chunk | population | images / s | temporaries (GB) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in result["rows"]:
+        chunk = "all" if row["population_chunk"] is None else row["population_chunk"]
+        temp = row.get("temp_bytes")
+        rate = _number(row["images_per_second"]) if row["status"] == "ok" else row["status"]
+        method = "naive `vmap(apply)`" if row["method"] == "naive" else "`population_apply`"
+        lines.append(
+            f"| {method} | {row['dtype']} | {chunk} | {row['population_size']} | {rate} | "
+            f"{'–' if temp is None else f'{temp / 1e9:.2f}'} |"
+        )
+    ratio = result.get("summary", {}).get("esjax_over_naive_images_per_second")
+    if ratio:
+        lines += ["", f"Best `population_apply` / best naive images per second: {ratio:.1f}×."]
+    return lines
+
+
+def distributed_section(result: dict) -> list[str]:
+    columns = [k for k in result["rows"][0] if k == "unsharded" or k.startswith("devices_")]
+    lines = [
+        f"**Sharded runs** (`benchmarks/distributed.py`), {result.get('unit')}. "
+        + (f"{result['note']}. " if result.get("note") else "")
+        + _context(result),
+        "",
+        "| strategy | problem | population | dimensions | "
+        + " | ".join(_devices_heading(c) for c in columns)
+        + " |",
+        "|---|---|---:|---:|" + "---:|" * len(columns),
+    ]
+    for row in result["rows"]:
+        lines.append(
+            f"| {row['strategy']} | {row['problem']} | {row['population_size']:,} | "
+            f"{row['num_dims']:,} | " + " | ".join(_number(row.get(c), 1) for c in columns) + " |"
+        )
+    return lines
+
+
+def _devices_heading(column: str) -> str:
+    if column == "unsharded":
+        return column
+    count = int(column.removeprefix("devices_"))
+    return f"{count} device{'s' if count > 1 else ''}"
+
+
+SECTIONS = {
+    "throughput": throughput_section,
+    "train": train_section,
+    "convnet": convnet_section,
+    "distributed": distributed_section,
+}
+
+
+def performance_markdown(results: Path = RESULTS) -> str:
+    """The whole section as one Markdown string."""
+    lines = [
+        "## Performance",
+        "",
+        "Measured by the scripts in `benchmarks/` (JSON in `benchmarks/results/`); regenerate "
+        "this section with `python benchmarks/performance_md.py`.",
+    ]
+    for benchmark, results_of_kind in latest_results(results).items():
+        for result in results_of_kind:
+            lines += ["", *SECTIONS[benchmark](result)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default=str(RESULTS), help="folder of result JSON files")
+    args = parser.parse_args(argv)
+    text = performance_markdown(Path(args.results))
+    print(text, end="")
+    return text
+
+
+if __name__ == "__main__":
+    main()

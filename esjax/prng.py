@@ -1,0 +1,126 @@
+"""Fast counter-based random numbers for whole populations: Threefry-2x32 written with ``jnp``.
+
+``jax.random`` runs the same cipher (Threefry-2x32, 20 rounds), but on CPU its bit generator
+lowers to a loop that writes the whole array back to memory every four rounds, and its
+partitionable form keeps one of the two output words per block. For population-sized draws
+(hundreds of members × 10⁴-10⁶ dimensions) that is most of a generation's cost. Written with
+``jnp`` instead, XLA fuses the 20 rounds into one kernel and both output words are used: ~10×
+faster on a 2-core CPU for the 7.7e6 words of one 256 × 10,000 PSO move.
+
+Every draw is a function of the key alone, and row ``i`` of a ``(rows, d)`` draw depends only on
+``(key, i, d)``, so a larger population extends a smaller one and ``vmap`` over keys works as for
+``jax.random``. PSO (its per-dimension coefficients and hypersphere directions) and sep-CMA-ES
+(its ``(λ, n)`` normals) sample through this module; the known-answer vectors of the reference
+(Salmon, Moraes, Dror & Shaw, "Parallel random numbers: as easy as 1, 2, 3", SC 2011) are in
+``tests/test_prng.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+# Threefry-2x32's rotation constants (Salmon et al. 2011, Table 4), four rounds each, alternating.
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_KEY_PARITY = 0x1BD11BDA
+
+
+def threefry_2x32(
+    key: tuple[jax.Array, jax.Array], x0: jax.Array, x1: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Threefry-2x32 with 20 rounds: the block cipher of ``jax.random``'s default PRNG.
+
+    Encrypts the ``uint32`` counter pairs ``(x0, x1)`` (any broadcastable shapes) under the key
+    words ``key = (k0, k1)``; returns both output words. Reference: Salmon, Moraes, Dror & Shaw,
+    "Parallel random numbers: as easy as 1, 2, 3", SC 2011 (its known-answer vectors are in the
+    tests).
+    """
+    k0, k1 = key
+    schedule = (k0, k1, k0 ^ k1 ^ jnp.uint32(_KEY_PARITY))
+    x0, x1 = x0 + k0, x1 + k1
+    for injection in range(1, 6):
+        for rotation in _ROTATIONS[(injection - 1) % 2]:
+            x0 = x0 + x1
+            x1 = (x1 << jnp.uint32(rotation)) | (x1 >> jnp.uint32(32 - rotation))
+            x1 = x1 ^ x0
+        x0 = x0 + schedule[injection % 3]
+        x1 = x1 + schedule[(injection + 1) % 3] + jnp.uint32(injection)
+    return x0, x1
+
+
+def random_bits(key: jax.Array, shape: tuple[int, ...], dtype=jnp.uint32) -> jax.Array:
+    """Uniform random ``uint32`` or ``uint64`` bits of ``shape``, a function of ``key`` alone.
+
+    Threefry-2x32 in counter mode under two key words drawn from ``key``, written with ``jnp``
+    so that XLA compiles it into fused kernels that use both output words of every block.
+    ``jax.random.bits`` runs the same cipher, but on CPU it lowers to a loop that writes the
+    whole array back to memory every four rounds and, in its partitionable form, keeps one
+    word per block. For the 7.7e6 words of one move of a 256 × 10,000 swarm this is ~10x faster
+    on a 2-core CPU (~10 ms against ~110 ms). Row ``r`` of the flattened leading dimensions takes
+    block ``(r, j)`` (counter words ``(j, r)``) for column ``j`` and, in ``uint32``, its second
+    word for column ``j + ⌈d / 2⌉``: no shape overflows the counter, and row ``r`` depends on
+    ``(key, r, shape[-1])`` alone.
+    """
+    wide = jnp.dtype(dtype) == jnp.uint64
+    *leading, last = shape
+    blocks = last if wide else (last + 1) // 2
+    rows = math.prod(leading)
+    column = jax.lax.broadcasted_iota(jnp.uint32, (rows, blocks), 1)
+    row = jax.lax.broadcasted_iota(jnp.uint32, (rows, blocks), 0)
+    k0, k1 = jax.random.bits(key, (2,), jnp.uint32)
+    # The barrier keeps the 20 rounds out of the consumers: XLA would otherwise fuse them into
+    # every consumer of either word and compute each block several times.
+    w0, w1 = jax.lax.optimization_barrier(threefry_2x32((k0, k1), column, row))
+    if wide:
+        words = (w0.astype(jnp.uint64) << 32) | w1.astype(jnp.uint64)
+    else:
+        words = jnp.concatenate([w0, w1], axis=1)[:, :last]
+    return words.reshape(shape)
+
+
+def float_bits_type(dtype) -> tuple:
+    """``(uint, float, mantissa bits)`` that draw ``dtype``: float64 for float64, else float32."""
+    if jnp.finfo(dtype).bits > 32:
+        return jnp.uint64, jnp.float64, 52
+    return jnp.uint32, jnp.float32, 23
+
+
+def uniform_from_bits(bits: jax.Array, dtype) -> jax.Array:
+    """``U[0, 1)`` floats from random bits: the top mantissa bits under the exponent of 1.0."""
+    uint, float_, mantissa = float_bits_type(dtype)
+    one = jnp.array(1.0, float_).view(uint)
+    shifted = bits >> (jnp.iinfo(uint).bits - mantissa)
+    return (jax.lax.bitcast_convert_type(shifted | one, float_) - 1).astype(dtype)
+
+
+def symmetric_from_bits(bits: jax.Array, dtype) -> jax.Array:
+    """``U(-1, 1)`` floats, open and symmetric: ``(2 m + 1) / 2^k - 1`` for ``k``-bit ``m``.
+
+    Every value is exact in the float and none is ``±1``, so ``erf⁻¹`` of it stays finite.
+    """
+    uint, float_, mantissa = float_bits_type(dtype)
+    m = (bits >> (jnp.iinfo(uint).bits - mantissa)).astype(float_)
+    return ((2 * m + 1) * 2.0**-mantissa - 1).astype(dtype)
+
+
+def standard_normal(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """``N(0, 1)`` draws of ``shape`` from :func:`random_bits`: ``√2 erf⁻¹(s)``, ``s ~ U(-1, 1)``.
+
+    The inverse-CDF construction of ``jax.random.normal``; row ``i`` of a ``(rows, d)`` draw
+    depends on ``(key, i, d)`` alone, so a larger population extends a smaller one.
+    """
+    uint, _, _ = float_bits_type(dtype)
+    symmetric = symmetric_from_bits(random_bits(key, shape, uint), dtype)
+    return (math.sqrt(2.0) * jax.lax.erf_inv(symmetric)).astype(dtype)
+
+
+__all__ = [
+    "float_bits_type",
+    "random_bits",
+    "standard_normal",
+    "symmetric_from_bits",
+    "threefry_2x32",
+    "uniform_from_bits",
+]
