@@ -50,7 +50,9 @@ def threefry_2x32(
     return x0, x1
 
 
-def random_bits(key: jax.Array, shape: tuple[int, ...], dtype=jnp.uint32) -> jax.Array:
+def random_bits(
+    key: jax.Array, shape: tuple[int, ...], dtype=jnp.uint32, rows: jax.Array | None = None
+) -> jax.Array:
     """Uniform random ``uint32`` or ``uint64`` bits of ``shape``, a function of ``key`` alone.
 
     Threefry-2x32 in counter mode under two key words drawn from ``key``, written with ``jnp``
@@ -62,13 +64,25 @@ def random_bits(key: jax.Array, shape: tuple[int, ...], dtype=jnp.uint32) -> jax
     block ``(r, j)`` (counter words ``(j, r)``) for column ``j`` and, in ``uint32``, its second
     word for column ``j + ⌈d / 2⌉``: no shape overflows the counter, and row ``r`` depends on
     ``(key, r, shape[-1])`` alone.
+
+    ``rows`` (a ``(shape[0],)`` integer array, for 2-D shapes) draws those row numbers instead of
+    ``0, 1, ...``: e.g. one device of a sharded population draws just its own members' rows, equal
+    to the same rows of the whole population's draw.
     """
     wide = jnp.dtype(dtype) == jnp.uint64
     *leading, last = shape
     blocks = last if wide else (last + 1) // 2
-    rows = math.prod(leading)
-    column = jax.lax.broadcasted_iota(jnp.uint32, (rows, blocks), 1)
-    row = jax.lax.broadcasted_iota(jnp.uint32, (rows, blocks), 0)
+    num_rows = math.prod(leading)
+    column = jax.lax.broadcasted_iota(jnp.uint32, (num_rows, blocks), 1)
+    if rows is None:
+        row = jax.lax.broadcasted_iota(jnp.uint32, (num_rows, blocks), 0)
+    else:
+        if len(shape) != 2 or jnp.shape(rows) != (shape[0],):
+            raise ValueError(
+                f"rows must have shape (shape[0],) for a 2-D shape, got {jnp.shape(rows)} for "
+                f"shape {shape}"
+            )
+        row = jnp.broadcast_to(jnp.asarray(rows).astype(jnp.uint32)[:, None], (num_rows, blocks))
     k0, k1 = jax.random.bits(key, (2,), jnp.uint32)
     # The barrier keeps the 20 rounds out of the consumers: XLA would otherwise fuse them into
     # every consumer of either word and compute each block several times.
@@ -105,14 +119,17 @@ def symmetric_from_bits(bits: jax.Array, dtype) -> jax.Array:
     return ((2 * m + 1) * 2.0**-mantissa - 1).astype(dtype)
 
 
-def standard_normal(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+def standard_normal(
+    key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32, rows: jax.Array | None = None
+) -> jax.Array:
     """``N(0, 1)`` draws of ``shape`` from :func:`random_bits`: ``√2 erf⁻¹(s)``, ``s ~ U(-1, 1)``.
 
     The inverse-CDF construction of ``jax.random.normal``; row ``i`` of a ``(rows, d)`` draw
-    depends on ``(key, i, d)`` alone, so a larger population extends a smaller one.
+    depends on ``(key, i, d)`` alone, so a larger population extends a smaller one (``rows``: as
+    in :func:`random_bits`).
     """
     uint, _, _ = float_bits_type(dtype)
-    symmetric = symmetric_from_bits(random_bits(key, shape, uint), dtype)
+    symmetric = symmetric_from_bits(random_bits(key, shape, uint, rows), dtype)
     return (math.sqrt(2.0) * jax.lax.erf_inv(symmetric)).astype(dtype)
 
 

@@ -51,3 +51,12 @@ def test_standard_normal_and_uniform_have_the_right_moments(key):
     u = np.asarray(uniform_from_bits(random_bits(key, (1000, 200)), jnp.float32), np.float64)
     assert u.min() >= 0.0 and u.max() < 1.0 and abs(u.mean() - 0.5) < 0.005
     chex.assert_type(standard_normal(key, (2, 3), jnp.bfloat16), jnp.bfloat16)
+
+
+def test_explicit_rows_equal_those_rows_of_the_full_draw(key):
+    # What a device of a sharded population uses to draw only its own members.
+    full = standard_normal(key, (6, 7))
+    rows = jnp.array([4, 1, 1])
+    np.testing.assert_array_equal(standard_normal(key, (3, 7), rows=rows), full[rows])
+    with pytest.raises(ValueError, match="rows must have shape"):
+        random_bits(key, (2, 7), rows=jnp.arange(3))

@@ -14,9 +14,10 @@ and estimates the gradient of the Gaussian-smoothed objective ``E[f(θ + σ ε)]
 where ``λ`` is ``weight_decay``. ``g`` is handed to an optax optimizer (default Adam), which
 *descends* it, so the strategy minimises ``f``. ``σ`` decays geometrically to ``sigma_limit``.
 
-Noise and memory. Member ``i``'s noise is ``normal(fold_in(key, i mod n/2))`` (negated for the
-mirrored half), a function of ``(key, i)`` alone: any device can regenerate exactly its own
-members, which is what makes a sharded run reproduce a single-device one. No noise is stored:
+Noise and memory. Member ``i``'s noise is row ``i mod n/2`` of an
+:func:`esjax.prng.standard_normal` draw under the generation's key (negated for the mirrored
+half), a function of ``(key, i)`` alone: any device can regenerate exactly its own members,
+which is what makes a sharded run reproduce a single-device one. No noise is stored:
 ``tell`` recovers ``ε_i = (x_i - θ) / σ`` from the population it is given, so the only
 ``(population_size, num_dims)`` array alive in a generation is the population itself, and the
 state holds O(num_dims) memory (mean, optimizer moments, best solution).
@@ -46,6 +47,7 @@ from esjax.base import (
     update_best,
 )
 from esjax.flatten import flatten_x0
+from esjax.prng import standard_normal
 
 FITNESS_SHAPINGS = ("centered_ranks", "z_score", "raw")
 
@@ -131,11 +133,8 @@ def perturbations(
         base, sign = indices % half, jnp.where(indices < half, 1.0, -1.0)
     else:
         base, sign = indices, jnp.ones(indices.shape)
-
-    def one(i, s):
-        return s.astype(dtype) * jax.random.normal(jax.random.fold_in(key, i), (num_dims,), dtype)
-
-    return jax.vmap(one)(base, sign)
+    noise = standard_normal(key, (indices.shape[0], num_dims), dtype, rows=base)
+    return sign.astype(dtype)[:, None] * noise
 
 
 def openai_es(
