@@ -26,20 +26,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import platform
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from common import versions, write_result
 from flax import linen
 
-import esjax
 from esjax import nn
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class ConvNet(linen.Module):
@@ -185,23 +180,11 @@ def main(argv: list[str] | None = None) -> dict:
         "population_size": args.population,
         "batch_size": args.batch,
         "repeats": repeats,
-        "versions": {
-            "jax": jax.__version__,
-            "esjax": esjax.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": versions(),
         "rows": rows,
         "summary": summary,
     }
-    slug = "".join(c if c.isalnum() else "_" for c in device.device_kind).strip("_").lower()
-    output = (
-        Path(args.output)
-        if args.output
-        else RESULTS / f"convnet-{device.platform}-{slug}-{result['date']}.json"
-    )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {output}")
+    write_result(result, "convnet", args.output)
     return result
 
 

@@ -20,21 +20,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from common import versions, write_result
 
 import esjax
 from esjax import distributed
 from esjax.loop import make_generation, scan_generations
 
-RESULTS = Path(__file__).resolve().parent / "results"
 POPULATION_SIZE = 256
 MLP_SAMPLES, MLP_INPUTS, MLP_HIDDEN = 512, 8, 32
 
@@ -164,22 +161,10 @@ def main(argv: list[str] | None = None) -> dict:
         "generations": args.generations,
         "repeats": args.repeats,
         "unit": "generations per second",
-        "versions": {
-            "jax": jax.__version__,
-            "esjax": esjax.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": versions(),
         "rows": rows,
     }
-    slug = "".join(c if c.isalnum() else "_" for c in device.device_kind).strip("_").lower()
-    output = (
-        Path(args.output)
-        if args.output
-        else RESULTS / f"distributed-{device.platform}-{slug}-{result['date']}.json"
-    )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {output}")
+    write_result(result, "distributed", args.output)
     return result
 
 

@@ -16,20 +16,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
-import json
 import os
-import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import optax
+from common import versions, write_result
 
 import esjax
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 # (strategy, population_size or None for the strategy's default, num_dims)
 GRIDS = {
@@ -203,15 +199,6 @@ def main(argv: list[str] | None = None) -> dict:
         if "note" in row:
             print(f"{'':>22}note: {row['note'].split('. ')[0]} (see the JSON)", flush=True)
 
-    versions = {
-        "jax": jax.__version__,
-        "esjax": esjax.__version__,
-        "python": platform.python_version(),
-    }
-    if importlib.util.find_spec("evosax") is not None:
-        from importlib.metadata import version
-
-        versions["evosax"] = version("evosax")
     result = {
         "benchmark": "throughput",
         "device": device.device_kind,
@@ -224,23 +211,11 @@ def main(argv: list[str] | None = None) -> dict:
         "grid": grid_name,
         "generations": args.generations,
         "repeats": args.repeats,
-        "versions": versions,
+        "versions": versions(),
         "rows": rows,
     }
-    output = (
-        Path(args.output)
-        if args.output
-        else RESULTS
-        / (f"throughput-{device.platform}-{_slug(device.device_kind)}-{result['date']}.json")
-    )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {output}")
+    write_result(result, "throughput", args.output)
     return result
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()
 
 
 def _print_row(row: dict) -> None:

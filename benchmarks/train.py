@@ -27,13 +27,12 @@ import argparse
 import copy
 import datetime
 import importlib.util
-import json
 import os
-import platform
 from pathlib import Path
 
 import jax
 import yaml
+from common import versions, write_result
 
 import esjax
 from esjax.baselines import classifier_metrics, timed_run
@@ -44,7 +43,6 @@ from esjax.loop import evaluate_population
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "digits_compare.yaml"
-RESULTS = Path(__file__).resolve().parent / "results"
 EVOSAX_LABEL = "evosax_open_es"
 BATCH_SIZE = 1024
 
@@ -191,12 +189,6 @@ def main(argv: list[str] | None = None) -> dict:
             "evosax/esjax OpenAI-ES: "
             + ", ".join(f"{name} {value:.2f}x" for name, value in comparison.items())
         )
-    versions = {"jax": jax.__version__, "esjax": esjax.__version__}
-    versions["python"] = platform.python_version()
-    if have_evosax:
-        from importlib.metadata import version
-
-        versions["evosax"] = version("evosax")
     result = {
         "benchmark": "train",
         "device": device.device_kind,
@@ -212,20 +204,12 @@ def main(argv: list[str] | None = None) -> dict:
         "eval_every": args.eval_every,
         "repeats": args.repeats,
         "config": str(CONFIG.relative_to(ROOT)),
-        "versions": versions,
+        "versions": versions(),
         "rows": summaries,
         "comparison": comparison,
         "evosax_reference_h100": {"Open_ES_seconds_to_95": 2.39, "adam_seconds_to_95": 0.69},
     }
-    slug = "".join(c if c.isalnum() else "_" for c in device.device_kind).strip("_").lower()
-    output = (
-        Path(args.output)
-        if args.output
-        else (RESULTS / f"train-{device.platform}-{slug}-{result['date']}.json")
-    )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {output}")
+    write_result(result, "train", args.output)
     return result
 
 

@@ -1,0 +1,40 @@
+"""What every benchmark script records alongside its numbers, and where it writes them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import platform
+from importlib.metadata import version
+from pathlib import Path
+
+import jax
+
+import esjax
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def versions() -> dict[str, str]:
+    """jax, esjax and Python versions, plus evosax's when it is installed."""
+    found = {"jax": jax.__version__, "esjax": esjax.__version__}
+    found["python"] = platform.python_version()
+    if importlib.util.find_spec("evosax") is not None:
+        found["evosax"] = version("evosax")
+    return found
+
+
+def write_result(result: dict, benchmark: str, output: str | None = None) -> Path:
+    """Write ``result`` as JSON to ``output``, or to
+    ``results/<benchmark>-<platform>-<device kind>-<date>.json``; print and return the path."""
+    device = jax.devices()[0]
+    slug = "".join(c if c.isalnum() else "_" for c in device.device_kind).strip("_").lower()
+    path = (
+        Path(output)
+        if output
+        else RESULTS / f"{benchmark}-{device.platform}-{slug}-{result['date']}.json"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path
