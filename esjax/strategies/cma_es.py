@@ -366,33 +366,34 @@ def generation_statistics(fitness: jax.Array) -> tuple[jax.Array, jax.Array, jax
     return jnp.min(safe), sorted_median(safe), jnp.max(safe)
 
 
-def termination_signals(
+def cma_info(
+    state,
+    population_size: int,
     *,
-    generation: jax.Array,
-    sigma: jax.Array,
     coordinate_stds: jax.Array,
-    path_c: jax.Array,
-    mean: jax.Array,
     axis_step: jax.Array,
     condition: jax.Array,
-    best_history: jax.Array,
-    median_history: jax.Array,
-    fitness_max: jax.Array,
-    params,
-    tolfun_generations: int,
 ) -> dict[str, jax.Array]:
-    """Restart/termination flags (Hansen 2016, Appendix B.3; stagnation: Hansen 2009).
+    """``es.info`` of CMA-ES and sep-CMA-ES: ``σ``, the condition number and the restart/
+    termination flags (Hansen 2016, Appendix B.3; stagnation: Hansen 2009).
 
     Args:
+      state: a CMA-ES or sep-CMA-ES state (its generation, σ, ``p_c``, mean, fitness histories
+        and params are read).
+      population_size: ``λ`` (sets the tolfun window).
       coordinate_stds: ``(n,)`` ``√C_ii`` (without ``σ``).
       axis_step: ``(n,)`` ``0.1 σ D_i B_i`` for this generation's principal axis ``i = g mod n``.
+      condition: the covariance's condition number.
     """
+    generation, sigma, mean, params = state.generation, state.sigma, state.mean, state.params
+    path_c, best_history, median_history = state.path_c, state.best_history, state.median_history
+    tolfun_generations = tolfun_window(state.num_dims, population_size)
     window = best_history.shape[0]
     tolx = jnp.all(sigma * coordinate_stds < params.tolx) & jnp.all(
         sigma * jnp.abs(path_c) < params.tolx
     )
     recent = best_history[-tolfun_generations:]
-    fitness_range = jnp.maximum(jnp.max(recent), fitness_max) - jnp.min(recent)
+    fitness_range = jnp.maximum(jnp.max(recent), state.fitness_max) - jnp.min(recent)
     tolfun = (generation >= tolfun_generations) & (fitness_range < params.tolfun)
     part = math.ceil(0.3 * window)
 
@@ -405,6 +406,8 @@ def termination_signals(
     )
     stop_condition = condition > params.max_condition
     return {
+        "sigma": sigma,
+        "condition": condition,
         "stop_tolx": tolx,
         "stop_tolfun": tolfun,
         "stop_condition": stop_condition,
@@ -632,21 +635,13 @@ def cma_es(
         condition = jnp.square(jnp.max(lengths) / jnp.min(lengths))
         axis = state.generation % state.num_dims
         axis_step = 0.1 * state.sigma * lengths[axis] * state.eigenvectors[:, axis]
-        signals = termination_signals(
-            generation=state.generation,
-            sigma=state.sigma,
+        return cma_info(
+            state,
+            population_size,
             coordinate_stds=jnp.sqrt(jnp.diagonal(state.covariance)),
-            path_c=state.path_c,
-            mean=state.mean,
             axis_step=axis_step,
             condition=condition,
-            best_history=state.best_history,
-            median_history=state.median_history,
-            fitness_max=state.fitness_max,
-            params=state.params,
-            tolfun_generations=tolfun_window(state.num_dims, population_size),
         )
-        return {"sigma": state.sigma, "condition": condition, **signals}
 
     return Strategy(
         name="cma_es",

@@ -50,6 +50,7 @@ from esjax.strategies.cma_es import (
     LEARNING_RATES,
     check_cma_params,
     check_sigma_bounds,
+    cma_info,
     default_hyperparameters,
     default_population_size,
     generation_statistics,
@@ -59,8 +60,6 @@ from esjax.strategies.cma_es import (
     rank_members,
     recombination_weights,
     step_size_update,
-    termination_signals,
-    tolfun_window,
 )
 
 
@@ -254,21 +253,9 @@ def sep_cma_es(
         condition = jnp.max(state.variances) / jnp.min(state.variances)
         axis = state.generation % state.num_dims
         axis_step = jnp.zeros_like(stds).at[axis].set(0.1 * state.sigma * stds[axis])
-        signals = termination_signals(
-            generation=state.generation,
-            sigma=state.sigma,
-            coordinate_stds=stds,
-            path_c=state.path_c,
-            mean=state.mean,
-            axis_step=axis_step,
-            condition=condition,
-            best_history=state.best_history,
-            median_history=state.median_history,
-            fitness_max=state.fitness_max,
-            params=state.params,
-            tolfun_generations=tolfun_window(state.num_dims, population_size),
+        return cma_info(
+            state, population_size, coordinate_stds=stds, axis_step=axis_step, condition=condition
         )
-        return {"sigma": state.sigma, "condition": condition, **signals}
 
     return Strategy(
         name="sep_cma_es",
