@@ -366,6 +366,24 @@ def generation_statistics(fitness: jax.Array) -> tuple[jax.Array, jax.Array, jax
     return jnp.min(safe), sorted_median(safe), jnp.max(safe)
 
 
+def next_state(state, population: jax.Array, fitness: jax.Array, any_finite, updated: dict):
+    """The state after ``tell`` for CMA-ES and sep-CMA-ES: the distribution fields ``updated``
+    (kept as they were when no fitness is finite: no information), the fitness histories the
+    termination signals read, the generation count and the best-ever member."""
+    updated = {
+        name: jnp.where(any_finite, value, getattr(state, name)) for name, value in updated.items()
+    }
+    best, median, worst = generation_statistics(fitness)
+    return state.replace(
+        generation=state.generation + 1,
+        best_history=push_history(state.best_history, best),
+        median_history=push_history(state.median_history, median),
+        fitness_max=worst.astype(state.fitness_max.dtype),
+        **updated,
+        **update_best(state, population, fitness),
+    )
+
+
 def cma_info(
     state,
     population_size: int,
@@ -603,20 +621,7 @@ def cma_es(
             "path_c": path_c,
             "eigen_generation": eigen_generation,
         }
-        # No finite fitness: no information, so the distribution stays where it was.
-        updated = {
-            name: jnp.where(any_finite, value, getattr(state, name))
-            for name, value in updated.items()
-        }
-        best, median, worst = generation_statistics(fitness)
-        return state.replace(
-            generation=state.generation + 1,
-            best_history=push_history(state.best_history, best),
-            median_history=push_history(state.median_history, median),
-            fitness_max=worst.astype(state.fitness_max.dtype),
-            **updated,
-            **update_best(state, population, fitness),
-        )
+        return next_state(state, population, fitness, any_finite, updated)
 
     def _maybe_decompose(state, covariance, params):
         next_generation = state.generation + 1

@@ -42,7 +42,6 @@ from esjax.base import (
     check_population,
     init_best,
     params_to_arrays,
-    update_best,
 )
 from esjax.flatten import flatten_x0
 from esjax.prng import standard_normal
@@ -53,10 +52,9 @@ from esjax.strategies.cma_es import (
     cma_info,
     default_hyperparameters,
     default_population_size,
-    generation_statistics,
     history_length,
+    next_state,
     preliminary_weights,
-    push_history,
     rank_members,
     recombination_weights,
     step_size_update,
@@ -234,19 +232,7 @@ def sep_cma_es(
             "path_sigma": path_sigma,
             "path_c": path_c,
         }
-        updated = {
-            name: jnp.where(any_finite, value, getattr(state, name))
-            for name, value in updated.items()
-        }
-        best, median, worst = generation_statistics(fitness)
-        return state.replace(
-            generation=state.generation + 1,
-            best_history=push_history(state.best_history, best),
-            median_history=push_history(state.median_history, median),
-            fitness_max=worst.astype(state.fitness_max.dtype),
-            **updated,
-            **update_best(state, population, fitness),
-        )
+        return next_state(state, population, fitness, any_finite, updated)
 
     def info(state: SepCMAESState) -> dict:
         stds = jnp.sqrt(state.variances)
