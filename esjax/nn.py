@@ -373,6 +373,7 @@ __all__ = [
     "mlp",
     "mse",
     "output_residual",
+    "population_apply",
     "population_fitness",
     "softmax_residual",
     "step",
