@@ -37,6 +37,7 @@ import json
 import os
 import shutil
 import struct
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,27 @@ def read_header(path: str | Path) -> dict:
     """
     header, _ = _read_verified(Path(path))
     return header
+
+
+def intact_header(path: str | Path) -> tuple[Path, dict]:
+    """The newest intact checkpoint for ``path`` and its verified header, for resuming.
+
+    That is ``path`` itself, or, if it is missing, truncated or corrupted while
+    :func:`previous_path` holds the checkpoint it replaced, that one (a warning on stderr says
+    so). Load the state from the returned path.
+
+    Raises:
+      FileNotFoundError, CorruptCheckpointError: neither file is usable.
+    """
+    path = Path(path)
+    try:
+        return path, read_header(path)
+    except (CorruptCheckpointError, FileNotFoundError) as error:
+        previous = previous_path(path)
+        if not previous.exists():
+            raise
+        print(f"esjax: warning: {error}; resuming from {previous}", file=sys.stderr)
+        return previous, read_header(previous)
 
 
 def load(path: str | Path, like: Any, *, strategy: Any = None) -> Any:

@@ -49,7 +49,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -402,14 +401,7 @@ def _resume_point(
     path = method_dir / CHECKPOINT_FILE
     if not path.exists() and not checkpoint.previous_path(path).exists():
         return like, None, 0.0
-    try:
-        header = checkpoint.read_header(path)
-    except (checkpoint.CorruptCheckpointError, FileNotFoundError) as error:
-        previous = checkpoint.previous_path(path)
-        if not previous.exists():
-            raise
-        print(f"esjax: {error}; resuming from {previous}", file=sys.stderr)
-        path, header = previous, checkpoint.read_header(previous)
+    path, header = checkpoint.intact_header(path)
     metadata = header["metadata"] or {}
     _check_fingerprint(path, metadata.get("fingerprint"), fingerprint)
     return checkpoint.load(path, like), metadata["history"], metadata["compile_s"]

@@ -77,15 +77,9 @@ def load_resume_state(
 ) -> tuple[StrategyState, dict]:
     """The checkpointed state and its metadata; falls back to the previous checkpoint if the
     latest is damaged. Refuses a checkpoint of a config that differs in :data:`RESUME_KEYS`."""
-    try:
-        state = checkpoint.load(path, like, strategy=es)
-    except checkpoint.CorruptCheckpointError as error:
-        previous = checkpoint.previous_path(path)
-        if not previous.exists():
-            raise
-        print(f"esjax: warning: {error}; resuming from {previous}", file=sys.stderr)
-        path, state = previous, checkpoint.load(previous, like, strategy=es)
-    metadata = checkpoint.read_header(path)["metadata"] or {}
+    path, header = checkpoint.intact_header(path)
+    state = checkpoint.load(path, like, strategy=es)
+    metadata = header["metadata"] or {}
     saved, current = metadata.get("config", {}), config_to_dict(config)
     differing = [key for key in RESUME_KEYS if saved.get(key) != current[key]]
     if differing:
