@@ -119,6 +119,12 @@ def symmetric_from_bits(bits: jax.Array, dtype) -> jax.Array:
     return ((2 * m + 1) * 2.0**-mantissa - 1).astype(dtype)
 
 
+def normal_from_bits(bits: jax.Array, dtype) -> jax.Array:
+    """``N(0, 1)`` floats from random bits: ``√2 erf⁻¹(s)`` of the open uniform ``s`` of
+    :func:`symmetric_from_bits` (the inverse-CDF construction of ``jax.random.normal``)."""
+    return (math.sqrt(2.0) * jax.lax.erf_inv(symmetric_from_bits(bits, dtype))).astype(dtype)
+
+
 def standard_normal(
     key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32, rows: jax.Array | None = None
 ) -> jax.Array:
@@ -129,12 +135,12 @@ def standard_normal(
     in :func:`random_bits`).
     """
     uint, _, _ = float_bits_type(dtype)
-    symmetric = symmetric_from_bits(random_bits(key, shape, uint, rows), dtype)
-    return (math.sqrt(2.0) * jax.lax.erf_inv(symmetric)).astype(dtype)
+    return normal_from_bits(random_bits(key, shape, uint, rows), dtype)
 
 
 __all__ = [
     "float_bits_type",
+    "normal_from_bits",
     "random_bits",
     "standard_normal",
     "symmetric_from_bits",

@@ -50,7 +50,6 @@ for ``tell``, which therefore needs no key of its own (and the state holds no PR
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import jax
@@ -71,7 +70,7 @@ from esjax.base import (
     update_best,
 )
 from esjax.flatten import flatten_x0
-from esjax.prng import float_bits_type, random_bits, symmetric_from_bits, uniform_from_bits
+from esjax.prng import float_bits_type, normal_from_bits, random_bits, uniform_from_bits
 
 COOLING_SCHEDULES = ("exponential", "linear", "logarithmic")
 
@@ -172,14 +171,12 @@ def chain_draws(
     """Every chain's proposal noise ``ε`` ``(num_chains, num_dims)`` and acceptance draw
     ``u ∈ (0, 1]`` ``(num_chains,)``; chain ``i``'s come from row ``i`` of one bits draw.
 
-    The normals are ``√2 erf⁻¹`` of open symmetric uniforms (:func:`esjax.prng.standard_normal`'s
-    construction).
+    The normals come from :func:`esjax.prng.normal_from_bits`.
     """
     uint, _, _ = float_bits_type(dtype)
     bits = random_bits(key, (num_chains, num_dims + 1), uint)
-    noise = math.sqrt(2.0) * jax.lax.erf_inv(symmetric_from_bits(bits[:, :-1], dtype))
     # 1 - U[0, 1) lies in (0, 1], so log u stays finite.
-    return noise.astype(dtype), 1.0 - uniform_from_bits(bits[:, -1], dtype)
+    return normal_from_bits(bits[:, :-1], dtype), 1.0 - uniform_from_bits(bits[:, -1], dtype)
 
 
 def simulated_annealing(
