@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import json
+import os
 import platform
 from importlib.metadata import version
 from pathlib import Path
@@ -22,6 +24,20 @@ def versions() -> dict[str, str]:
     if importlib.util.find_spec("evosax") is not None:
         found["evosax"] = version("evosax")
     return found
+
+
+def environment(benchmark: str) -> dict:
+    """The fields every results file starts with: which benchmark, on what, when, with what."""
+    device = jax.devices()[0]
+    return {
+        "benchmark": benchmark,
+        "device": device.device_kind,
+        "platform": device.platform,
+        "device_count": jax.device_count(),
+        "host_cpu_cores": os.cpu_count(),
+        "date": datetime.date.today().isoformat(),
+        "versions": versions(),
+    }
 
 
 def write_result(result: dict, benchmark: str, output: str | None = None) -> Path:

@@ -25,13 +25,12 @@ error. Writes ``benchmarks/results/convnet-<platform>-<device>-<date>.json``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import time
 
 import jax
 import jax.numpy as jnp
-from common import versions, write_result
+from common import environment, write_result
 from flax import linen
 
 from esjax import nn
@@ -169,18 +168,13 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"best esjax / best naive images/s: {ratio:.2f}x")
 
     result = {
-        "benchmark": "convnet",
-        "device": device.device_kind,
-        "platform": device.platform,
-        "host_cpu_cores": os.cpu_count(),
+        **environment("convnet"),
         "host_load_average_at_end": os.getloadavg()[0],
-        "date": datetime.date.today().isoformat(),
         "model": "EvoJAX MNIST ConvNet: conv 8@5x5, pool, conv 16@5x5, pool, dense 10",
         "num_params": model.num_params,
         "population_size": args.population,
         "batch_size": args.batch,
         "repeats": repeats,
-        "versions": versions(),
         "rows": rows,
         "summary": summary,
     }

@@ -19,14 +19,13 @@ Writes ``benchmarks/results/distributed-<platform>-<device>-<date>.json`` and pr
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from common import versions, write_result
+from common import environment, write_result
 
 import esjax
 from esjax import distributed
@@ -145,11 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     simulated = device.platform == "cpu"
     result = {
-        "benchmark": "distributed",
-        "device": device.device_kind,
-        "platform": device.platform,
-        "device_count": jax.device_count(),
-        "host_cpu_cores": os.cpu_count(),
+        **environment("distributed"),
         "host_load_average_at_start": load_at_start,
         "note": (
             f"{jax.device_count()} simulated CPU devices (jax_num_cpu_devices) "
@@ -157,11 +152,9 @@ def main(argv: list[str] | None = None) -> dict:
             if simulated
             else "real devices"
         ),
-        "date": datetime.date.today().isoformat(),
         "generations": args.generations,
         "repeats": args.repeats,
         "unit": "generations per second",
-        "versions": versions(),
         "rows": rows,
     }
     write_result(result, "distributed", args.output)

@@ -8,13 +8,12 @@ esjax/evosax ratio is a like-for-like measurement. evosax rows are skipped clean
     python benchmarks/throughput.py                 # the small CPU grid
     python benchmarks/throughput.py --grid gpu      # the full grid (issue targets are GPU)
 
-Writes ``benchmarks/results/<device>-<date>.json`` and prints a table.
+Writes ``benchmarks/results/throughput-<platform>-<device>-<date>.json`` and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
 import os
 import time
@@ -23,7 +22,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import optax
-from common import versions, write_result
+from common import environment, write_result
 
 import esjax
 
@@ -173,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default=None, help="comma-separated strategy names")
     parser.add_argument(
-        "--output", default=None, help="JSON path (default: results/<device>-<date>)"
+        "--output", default=None, help="JSON path (default: results/throughput-...json)"
     )
     args = parser.parse_args(argv)
     device = jax.devices()[0]
@@ -200,18 +199,12 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{'':>22}note: {row['note'].split('. ')[0]} (see the JSON)", flush=True)
 
     result = {
-        "benchmark": "throughput",
-        "device": device.device_kind,
-        "platform": device.platform,
-        "device_count": jax.device_count(),
-        "host_cpu_cores": os.cpu_count(),
+        **environment("throughput"),
         # Other processes on the host inflate both libraries' times alike, but not exactly.
         "host_load_average_at_start": load_average,
-        "date": datetime.date.today().isoformat(),
         "grid": grid_name,
         "generations": args.generations,
         "repeats": args.repeats,
-        "versions": versions(),
         "rows": rows,
     }
     write_result(result, "throughput", args.output)

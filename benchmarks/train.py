@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import importlib.util
 import os
 from pathlib import Path
 
 import jax
 import yaml
-from common import versions, write_result
+from common import environment, write_result
 
 import esjax
 from esjax.baselines import classifier_metrics, timed_run
@@ -175,7 +174,6 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 print(f"{EVOSAX_LABEL}: skipped (evosax is not installed)")
 
-    device = jax.devices()[0]
     by_label = {row["label"]: row for row in summaries}
     comparison = {}
     if "openai_es" in by_label and EVOSAX_LABEL in by_label:
@@ -190,12 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
             + ", ".join(f"{name} {value:.2f}x" for name, value in comparison.items())
         )
     result = {
-        "benchmark": "train",
-        "device": device.device_kind,
-        "platform": device.platform,
-        "host_cpu_cores": os.cpu_count(),
+        **environment("train"),
         "host_load_average_at_end": os.getloadavg()[0],
-        "date": datetime.date.today().isoformat(),
         "task": dataset.name,
         "num_train": dataset.num_train,
         "num_params": summaries[0]["num_params"] if summaries else None,
@@ -204,7 +198,6 @@ def main(argv: list[str] | None = None) -> dict:
         "eval_every": args.eval_every,
         "repeats": args.repeats,
         "config": str(CONFIG.relative_to(ROOT)),
-        "versions": versions(),
         "rows": summaries,
         "comparison": comparison,
         "evosax_reference_h100": {"Open_ES_seconds_to_95": 2.39, "adam_seconds_to_95": 0.69},
