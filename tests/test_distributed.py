@@ -212,19 +212,22 @@ def devices_run():
     return _parse_result(done.stdout)
 
 
-@pytest.fixture(scope="module")
-def multihost_run():
-    env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": FAST_COMPILE}
+CPU_ENV = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": FAST_COMPILE}
+
+
+def _launch_cpu(command: list[str]) -> list[distributed.LaunchedProcess]:
+    """``command`` as ``NUM_PROCESSES`` CPU processes of one run; every one must succeed."""
     results = distributed.launch(
-        [sys.executable, __file__, "multihost"],
-        NUM_PROCESSES,
-        timeout_s=WORKER_TIMEOUT_S,
-        capture_output=True,
-        env=env,
+        command, NUM_PROCESSES, timeout_s=WORKER_TIMEOUT_S, capture_output=True, env=CPU_ENV
     )
     for rank, result in enumerate(results):
         assert result.returncode == 0, f"process {rank}:\n{result.stderr[-4000:]}"
-    return _parse_result(results[0].stdout)
+    return results
+
+
+@pytest.fixture(scope="module")
+def multihost_run():
+    return _parse_result(_launch_cpu([sys.executable, __file__, "multihost"])[0].stdout)
 
 
 def _assert_same_run(single: dict, sharded: dict) -> None:
@@ -336,24 +339,17 @@ def test_cli_run_distributed_over_two_processes_matches_one_process(tmp_path):
     # over one 2-device mesh, process 0 alone writes, and the result is the single-process one.
     config = Path(__file__).resolve().parent.parent / "configs" / "sphere_openai_es.yaml"
     run = [sys.executable, "-m", "esjax.cli", "run", str(config), "--generations", "20", "--quiet"]
-    env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": FAST_COMPILE}
     single = subprocess.run(
         [*run, "--output-dir", str(tmp_path / "one")],
-        env={**os.environ, **env},
+        env={**os.environ, **CPU_ENV},
         capture_output=True,
         text=True,
         timeout=WORKER_TIMEOUT_S,
     )
     assert single.returncode == 0, single.stderr[-4000:]
-    results = distributed.launch(
-        [*run, "--output-dir", str(tmp_path / "two"), "--distributed", "--checkpoint-every", "10"],
-        NUM_PROCESSES,
-        timeout_s=WORKER_TIMEOUT_S,
-        capture_output=True,
-        env=env,
+    results = _launch_cpu(
+        [*run, "--output-dir", str(tmp_path / "two"), "--distributed", "--checkpoint-every", "10"]
     )
-    for rank, result in enumerate(results):
-        assert result.returncode == 0, f"process {rank}:\n{result.stderr[-4000:]}"
     assert "wrote" in results[0].stdout and "wrote" not in results[1].stdout
     one = json.loads((tmp_path / "one" / "sphere_openai_es" / "summary.json").read_text())
     two = json.loads((tmp_path / "two" / "sphere_openai_es" / "summary.json").read_text())
