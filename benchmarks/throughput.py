@@ -26,7 +26,14 @@ from common import environment, write_result
 
 import esjax
 
-# (strategy, population_size or None for the strategy's default, num_dims)
+# esjax options under which a strategy runs the same algorithm as evosax's strategy of that
+# name, where its default differs (a grid row may name one as a fourth element).
+SAME_AS_EVOSAX = {
+    # evosax 0.3's PSO: global best, the classic inertia-weight update, one (r1, r2) per particle.
+    "pso": {"topology": "global", "update": "classic", "coefficients": "per_particle"},
+}
+
+# (strategy, population_size or None for the strategy's default, num_dims[, esjax options])
 GRIDS = {
     "cpu": [
         ("openai_es", 256, 1_000),
@@ -36,6 +43,7 @@ GRIDS = {
         ("sep_cma_es", 256, 10_000),
         ("simulated_annealing", 256, 10_000),
         ("pso", 256, 10_000),
+        ("pso", 256, 10_000, SAME_AS_EVOSAX["pso"]),
     ],
     "gpu": [
         ("openai_es", 4096, 100_000),
@@ -45,6 +53,7 @@ GRIDS = {
         ("sep_cma_es", 4096, 100_000),
         ("simulated_annealing", 4096, 100_000),
         ("pso", 4096, 100_000),
+        ("pso", 4096, 100_000, SAME_AS_EVOSAX["pso"]),
     ],
 }
 
@@ -59,7 +68,12 @@ NOTES = {
         "numbers per particle per generation. esjax's default is SPSO-2011 (ring topology, "
         "per-dimension U1, U2 and a uniform point in a hypersphere around the centre of "
         "gravity): 3d + 1 random numbers per particle (30,001 at d = 10,000), and drawing them "
-        "dominates the cost of a generation."
+        "(Threefry blocks and an inverse error function per coordinate) dominates the cost of a "
+        "generation. The next row runs evosax's algorithm in esjax."
+    ),
+    "pso (same as evosax)": (
+        "The same algorithm as evosax 0.3's PSO: esjax.pso(topology='global', update='classic', "
+        "coefficients='per_particle'); each library keeps its own default constants (w, c1, c2)."
     ),
 }
 
@@ -71,12 +85,15 @@ def _default_population(num_dims: int) -> int:
     return 4 + int(3 * math.log(num_dims))
 
 
-def esjax_loop(name: str, population_size: int, num_dims: int) -> Callable | None:
-    """``(key, generations) -> best`` for esjax's strategy, or None if it is not registered."""
+def esjax_loop(
+    name: str, population_size: int, num_dims: int, options: dict | None = None
+) -> Callable | None:
+    """``(key, generations) -> best`` for esjax's strategy (built with ``options``), or None if
+    it is not registered."""
     if name not in esjax.STRATEGIES:
         return None
     factory = esjax.STRATEGIES[name]
-    kwargs = {"population_size": population_size}
+    kwargs = {"population_size": population_size, **(options or {})}
     if name == "openai_es":
         kwargs.update(sigma=SIGMA, optimizer=optax.adam(LEARNING_RATE))
     elif name in ("cma_es", "sep_cma_es"):
@@ -181,22 +198,29 @@ def main(argv: list[str] | None = None) -> dict:
 
     load_average = os.getloadavg()[0]
     rows = []
-    for name, population_size, num_dims in GRIDS[grid_name]:
+    for name, population_size, num_dims, *options in GRIDS[grid_name]:
         if only and name not in only:
             continue
+        options = options[0] if options else None
+        label = f"{name} (same as evosax)" if options else name
         population_size = population_size or _default_population(num_dims)
-        row = {"strategy": name, "population_size": population_size, "num_dims": num_dims}
-        for library, build in (("esjax", esjax_loop), ("evosax", evosax_loop)):
-            loop = build(name, population_size, num_dims)
+        row = {"strategy": label, "population_size": population_size, "num_dims": num_dims}
+        if options:
+            row["esjax_options"] = options
+        loops = {
+            "esjax": esjax_loop(name, population_size, num_dims, options),
+            "evosax": evosax_loop(name, population_size, num_dims),
+        }
+        for library, loop in loops.items():
             row[library] = None if loop is None else time_loop(loop, args.generations, args.repeats)
         if row["esjax"] and row["evosax"]:
             row["speedup"] = row["evosax"]["ms_per_generation"] / row["esjax"]["ms_per_generation"]
-        if name in NOTES:
-            row["note"] = NOTES[name]
+        if label in NOTES:
+            row["note"] = NOTES[label]
         rows.append(row)
         _print_row(row)
         if "note" in row:
-            print(f"{'':>22}note: {row['note'].split('. ')[0]} (see the JSON)", flush=True)
+            print(f"{'':>24}note: {row['note'].split('. ')[0]} (see the JSON)", flush=True)
 
     result = {
         **environment("throughput"),
@@ -217,7 +241,7 @@ def _print_row(row: dict) -> None:
 
     speedup = f"{row['speedup']:6.2f}x" if "speedup" in row else "     -"
     print(
-        f"{row['strategy']:>20} pop {row['population_size']:>6} dim {row['num_dims']:>8} | "
+        f"{row['strategy']:>22} pop {row['population_size']:>6} dim {row['num_dims']:>8} | "
         f"esjax {ms(row['esjax'])} ms | evosax {ms(row['evosax'])} ms | evosax/esjax {speedup}",
         flush=True,
     )

@@ -5,14 +5,15 @@ lowers to a loop that writes the whole array back to memory every four rounds, a
 partitionable form keeps one of the two output words per block. For population-sized draws
 (hundreds of members × 10⁴-10⁶ dimensions) that is most of a generation's cost. Written with
 ``jnp`` instead, XLA fuses the 20 rounds into one kernel and both output words are used: ~10×
-faster on a 2-core CPU for the 7.7e6 words of one 256 × 10,000 PSO move.
+faster on a 2-core CPU for 7.7e6 words (3 × 256 × 10,000).
 
 Every draw is a function of the key alone, and row ``i`` of a ``(rows, d)`` draw depends only on
 ``(key, i, d)``, so a larger population extends a smaller one and ``vmap`` over keys works as for
-``jax.random``. PSO (its per-dimension coefficients and hypersphere directions) and sep-CMA-ES
-(its ``(λ, n)`` normals) sample through this module; the known-answer vectors of the reference
-(Salmon, Moraes, Dror & Shaw, "Parallel random numbers: as easy as 1, 2, 3", SC 2011) are in
-``tests/test_prng.py``.
+``jax.random``. :func:`random_pairs` hands out both words of each block at the same index, for
+consumers that need two numbers per element (PSO's per-dimension coefficients). OpenAI-ES,
+sep-CMA-ES, simulated annealing and PSO sample through this module; the known-answer vectors of
+the reference (Salmon, Moraes, Dror & Shaw, "Parallel random numbers: as easy as 1, 2, 3",
+SC 2011) are in ``tests/test_prng.py``.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def random_bits(
     so that XLA compiles it into fused kernels that use both output words of every block.
     ``jax.random.bits`` runs the same cipher, but on CPU it lowers to a loop that writes the
     whole array back to memory every four rounds and, in its partitionable form, keeps one
-    word per block. For the 7.7e6 words of one move of a 256 × 10,000 swarm this is ~10x faster
-    on a 2-core CPU (~10 ms against ~110 ms). Row ``r`` of the flattened leading dimensions takes
+    word per block. For 7.7e6 words (3 × 256 × 10,000) this is ~10x faster on a 2-core CPU
+    (~10 ms against ~110 ms). Row ``r`` of the flattened leading dimensions takes
     block ``(r, j)`` (counter words ``(j, r)``) for column ``j`` and, in ``uint32``, its second
     word for column ``j + ⌈d / 2⌉``: no shape overflows the counter, and row ``r`` depends on
     ``(key, r, shape[-1])`` alone.
@@ -72,26 +73,54 @@ def random_bits(
     wide = jnp.dtype(dtype) == jnp.uint64
     *leading, last = shape
     blocks = last if wide else (last + 1) // 2
-    num_rows = math.prod(leading)
-    column = jax.lax.broadcasted_iota(jnp.uint32, (num_rows, blocks), 1)
-    if rows is None:
-        row = jax.lax.broadcasted_iota(jnp.uint32, (num_rows, blocks), 0)
-    else:
-        if len(shape) != 2 or jnp.shape(rows) != (shape[0],):
-            raise ValueError(
-                f"rows must have shape (shape[0],) for a 2-D shape, got {jnp.shape(rows)} for "
-                f"shape {shape}"
-            )
-        row = jnp.broadcast_to(jnp.asarray(rows).astype(jnp.uint32)[:, None], (num_rows, blocks))
-    k0, k1 = jax.random.bits(key, (2,), jnp.uint32)
-    # The barrier keeps the 20 rounds out of the consumers: XLA would otherwise fuse them into
-    # every consumer of either word and compute each block several times.
-    w0, w1 = jax.lax.optimization_barrier(threefry_2x32((k0, k1), column, row))
+    column, row = _counters((math.prod(leading), blocks), rows, shape)
+    # The barrier asks for the 20 rounds to be computed once, not fused into every consumer of
+    # either word. XLA's CPU backend drops it before fusion (the compiled program is the same
+    # with and without it, jax 0.10); it matters only where a backend keeps it.
+    w0, w1 = jax.lax.optimization_barrier(threefry_2x32(_key_words(key), column, row))
     if wide:
         words = (w0.astype(jnp.uint64) << 32) | w1.astype(jnp.uint64)
     else:
         words = jnp.concatenate([w0, w1], axis=1)[:, :last]
     return words.reshape(shape)
+
+
+def random_pairs(
+    key: jax.Array, shape: tuple[int, ...], rows: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """Both ``uint32`` words of one Threefry block at every index of ``shape``.
+
+    For a consumer that needs two random numbers per element, e.g. PSO's per-dimension
+    coefficients ``U1, U2``: block ``(r, j)`` (counter words ``(j, r)``, as in
+    :func:`random_bits`) gives element ``j`` of row ``r`` of both arrays, so a kernel that reads
+    both at the same index evaluates the 20 rounds once per element, fused into it, with no
+    concatenation and no random numbers written to memory. Row ``r`` depends on ``(key, r)``
+    alone; ``rows`` as in :func:`random_bits`.
+    """
+    *leading, last = shape
+    column, row = _counters((math.prod(leading), last), rows, shape)
+    w0, w1 = threefry_2x32(_key_words(key), column, row)
+    return w0.reshape(shape), w1.reshape(shape)
+
+
+def _key_words(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    k0, k1 = jax.random.bits(key, (2,), jnp.uint32)
+    return k0, k1
+
+
+def _counters(
+    grid: tuple[int, int], rows: jax.Array | None, shape: tuple[int, ...]
+) -> tuple[jax.Array, jax.Array]:
+    """Counter words ``(column, row)`` of a ``(rows, blocks)`` grid of Threefry blocks."""
+    column = jax.lax.broadcasted_iota(jnp.uint32, grid, 1)
+    if rows is None:
+        return column, jax.lax.broadcasted_iota(jnp.uint32, grid, 0)
+    if len(shape) != 2 or jnp.shape(rows) != (shape[0],):
+        raise ValueError(
+            f"rows must have shape (shape[0],) for a 2-D shape, got {jnp.shape(rows)} for "
+            f"shape {shape}"
+        )
+    return column, jnp.broadcast_to(jnp.asarray(rows).astype(jnp.uint32)[:, None], grid)
 
 
 def float_bits_type(dtype) -> tuple:
@@ -142,6 +171,7 @@ __all__ = [
     "float_bits_type",
     "normal_from_bits",
     "random_bits",
+    "random_pairs",
     "standard_normal",
     "symmetric_from_bits",
     "threefry_2x32",

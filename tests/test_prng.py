@@ -6,7 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from esjax.prng import random_bits, standard_normal, threefry_2x32, uniform_from_bits
+from esjax.prng import (
+    random_bits,
+    random_pairs,
+    standard_normal,
+    threefry_2x32,
+    uniform_from_bits,
+)
 
 
 @pytest.fixture
@@ -60,3 +66,17 @@ def test_explicit_rows_equal_those_rows_of_the_full_draw(key):
     np.testing.assert_array_equal(standard_normal(key, (3, 7), rows=rows), full[rows])
     with pytest.raises(ValueError, match="rows must have shape"):
         random_bits(key, (2, 7), rows=jnp.arange(3))
+
+
+def test_random_pairs_are_the_blocks_random_bits_splits(key):
+    # random_bits puts the two words of block (r, j) in columns j and j + ceil(d / 2) of row r;
+    # random_pairs gives them at index (r, j) of its two arrays. Same cipher, same counters.
+    words = np.asarray(random_bits(key, (3, 10)))
+    w0, w1 = (np.asarray(w) for w in random_pairs(key, (3, 5)))
+    np.testing.assert_array_equal(w0, words[:, :5])
+    np.testing.assert_array_equal(w1, words[:, 5:])
+    rows = jnp.array([2, 0])
+    picked_pairs = random_pairs(key, (2, 5), rows=rows)
+    for full, picked in zip(random_pairs(key, (3, 5)), picked_pairs, strict=True):
+        np.testing.assert_array_equal(picked, np.asarray(full)[np.asarray(rows)])
+    chex.assert_shape(random_pairs(key, (2, 3, 4)), (2, 3, 4))

@@ -115,30 +115,28 @@ def _moved_state(es, key, num_dims, personal_best, personal_best_fitness):
 def test_random_coefficients_are_drawn_per_dimension(key):
     # x = v = 0 and every personal best at a (e1 + e2): particle i's move along e1 and e2 is
     # (c/3)(U1_d + U2_d) a (+ the hypersphere point for spso2011). With one coefficient per
-    # particle, as in some PSO variants, v_1 = v_2 apart from the hypersphere noise, whose
-    # per-coordinate size in 400 dimensions is ~||G - x|| / √400: the median |v_1 - v_2| / a would
-    # be ~0.015 (see the NumPy counterfactual below). Per-dimension draws give ~0.15
-    # ((c/3) x the median |U1_1 - U1_2 + U2_1 - U2_2|). (The classic update's per-dimension U1, U2
-    # are pinned exactly by the NumPy reference test.)
+    # particle (coefficients="per_particle", evosax's form), v_1 = v_2 apart from the hypersphere
+    # noise, whose per-coordinate size in 400 dimensions is ~||G - x|| / √400: the median
+    # |v_1 - v_2| / a is ~0.015. Per-dimension draws give ~0.15 ((c/3) x the median
+    # |U1_1 - U1_2 + U2_1 - U2_2|). (The classic update's per-dimension U1, U2 are pinned exactly
+    # by the NumPy reference test.)
     num_dims, a = 400, 2.0
-    es = esjax.pso(population_size=64)
     target = jnp.zeros(num_dims).at[:2].set(a)
-    state = _moved_state(es, key, num_dims, target, jnp.ones(64))
-    population, _ = jax.jit(es.ask)(key, state)
-    spread = np.median(np.abs(population[:, 0] - population[:, 1])) / a
-    assert spread > 0.08, spread
+    spreads = {}
+    for coefficients in ("per_dimension", "per_particle"):
+        es = esjax.pso(population_size=64, coefficients=coefficients)
+        state = _moved_state(es, key, num_dims, target, jnp.ones(64))
+        population, _ = jax.jit(es.ask)(key, state)
+        spreads[coefficients] = np.median(np.abs(population[:, 0] - population[:, 1])) / a
+    assert spreads["per_dimension"] > 0.08, spreads
+    assert spreads["per_particle"] < 0.04, spreads
 
-    # The counterfactual: SPSO-2011 with one U1 and one U2 per particle, in NumPy.
-    rng = np.random.default_rng(0)
-    u1, u2 = rng.uniform(size=(2, 64, 1))
-    to_centre = C * (u1 + u2) * np.asarray(target) / 3
-    radius = np.linalg.norm(to_centre, axis=1, keepdims=True)
-    z = rng.normal(size=(64, num_dims))
-    scalar_moves = (
-        to_centre + rng.uniform(size=(64, 1)) * radius * z / np.linalg.norm(z, axis=1)[:, None]
-    )
-    scalar_spread = np.median(np.abs(scalar_moves[:, 0] - scalar_moves[:, 1])) / a
-    assert scalar_spread < 0.04, scalar_spread
+    # The classic update with per-particle coefficients has no hypersphere noise: every particle
+    # moves along the diagonal exactly.
+    es = esjax.pso(population_size=64, update="classic", coefficients="per_particle")
+    population, _ = jax.jit(es.ask)(key, _moved_state(es, key, num_dims, target, jnp.ones(64)))
+    np.testing.assert_array_equal(population[:, 0], population[:, 1])
+    assert np.all(population[:, 2:] == 0) and np.ptp(np.asarray(population[:, 0])) > 0.5
 
 
 def _reference_move(x, v, p, p_fitness, key, update, handling, max_velocity=0.0):
@@ -225,6 +223,11 @@ def test_swarm_draws_have_the_specified_distributions(key):
     assert abs(np.mean(normal**4) - 3.0) < 0.1  # the normal's kurtosis, not the uniform's 1.8
     assert abs(np.corrcoef(u1.ravel(), u2.ravel())[0, 1]) < 0.01
     assert rho.shape == (400,) and abs(rho.mean() - 0.5) < 0.05
+    # One (U1, U2) per particle; z and ρ are drawn as before, so the direction is the same.
+    pu1, pu2, pz, _ = swarm_draws(key, 400, 500, coefficients="per_particle")
+    chex.assert_shape((pu1, pu2), (400, 1))
+    np.testing.assert_array_equal(pz, z.astype(np.float32))
+    assert abs(float(jnp.mean(pu1)) - 0.5) < 0.05 and abs(float(jnp.mean(pu2)) - 0.5) < 0.05
 
 
 def test_informants_of_ring_and_global_topologies():

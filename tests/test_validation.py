@@ -246,6 +246,12 @@ STRATEGY_ROWS += [
     ),
     ("pso update", _strategy("pso", 16, update="fancy"), ValueError, "update.*spso2011"),
     (
+        "pso coefficients",
+        _strategy("pso", 16, coefficients="per_swarm"),
+        ValueError,
+        "coefficients.*per_dimension",
+    ),
+    (
         "pso bound length vs x0",
         lambda: _init_shape(
             "pso", 4, population_size=16, lower_bound=[-1.0] * 3, upper_bound=[1.0] * 3

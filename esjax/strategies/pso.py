@@ -44,11 +44,14 @@ and the first ``tell`` sets the personal bests; every later ``ask`` moves the sw
 fitness never becomes a personal best, so it never enters a velocity.
 
 Randomness. A move draws ``3 d + 1`` numbers per particle (``U1, U2, z, ρ``), far more than the
-``O(d)`` arithmetic around them, so the draws set the speed of a large swarm. They come from
-:func:`random_bits`, one fused Threefry kernel for the whole swarm and a function of the key
-given to ``ask`` alone (so every device of a sharded run draws the same swarm); ``z`` is
+``O(d)`` arithmetic around them, so the draws set the speed of a large swarm. ``U1`` and ``U2``
+are the two words of one Threefry block and ``z`` the first word of another
+(:func:`~esjax.prng.random_pairs`): every word is used where it is computed, so XLA fuses the
+rounds into the move instead of writing random numbers to memory. All of them are a function of
+the key given to ``ask`` alone (so every device of a sharded run draws the same swarm); ``z`` is
 ``erf⁻¹`` of a uniform on the open interval ``(-1, 1)``, a normal up to the factor ``√2`` that
-``z / ||z||`` drops.
+``z / ||z||`` drops. ``coefficients="per_particle"`` shares ``U1, U2`` across a particle's
+coordinates (see :func:`pso`).
 """
 
 from __future__ import annotations
@@ -73,10 +76,17 @@ from esjax.base import (
     update_best,
 )
 from esjax.flatten import flatten_x0
-from esjax.prng import float_bits_type, random_bits, symmetric_from_bits, uniform_from_bits
+from esjax.prng import (
+    float_bits_type,
+    random_bits,
+    random_pairs,
+    symmetric_from_bits,
+    uniform_from_bits,
+)
 
 TOPOLOGIES = ("global", "ring")
 UPDATES = ("spso2011", "classic")
+COEFFICIENTS = ("per_dimension", "per_particle")
 BOUNDS_HANDLING = ("clip", "reflect")
 
 
@@ -118,14 +128,12 @@ class PSOState(StrategyState):
       personal_best: ``(population_size, num_dims)`` personal bests ``p_i``.
       personal_best_fitness: ``(population_size,)`` their fitness (the largest finite float
         until a finite fitness is told).
-      diversity: scalar, mean distance of the last told swarm to its centroid.
     """
 
     positions: jax.Array
     velocities: jax.Array
     personal_best: jax.Array
     personal_best_fitness: jax.Array
-    diversity: jax.Array
     params: PSOParams
 
 
@@ -149,24 +157,38 @@ def informant_best(
 
 
 def swarm_draws(
-    key: jax.Array, population_size: int, num_dims: int, dtype=jnp.float32
+    key: jax.Array,
+    population_size: int,
+    num_dims: int,
+    dtype=jnp.float32,
+    coefficients: str = "per_dimension",
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """The whole swarm's random numbers for one move, a function of ``key`` alone.
 
     Returns:
-      ``U1, U2`` (``(population_size, num_dims)`` uniforms on ``[0, 1)``, per particle and
-      dimension), ``z`` (``(population_size, num_dims)``, each row a normal vector up to a common
-      scale: its direction ``z / ||z||`` is uniform on the sphere) and ``ρ``
-      (``(population_size,)`` uniforms on ``[0, 1)``, the radius fractions).
+      ``U1, U2`` (uniforms on ``[0, 1)``: ``(population_size, num_dims)`` for
+      ``coefficients="per_dimension"``, ``(population_size, 1)`` for ``"per_particle"``),
+      ``z`` (``(population_size, num_dims)``, each row a normal vector up to a common scale: its
+      direction ``z / ||z||`` is uniform on the sphere) and ``ρ`` (``(population_size,)``
+      uniforms on ``[0, 1)``, the radius fractions).
     """
     uint, _, _ = float_bits_type(dtype)
-    swarm_key, radius_key = jax.random.split(key)
-    bits = random_bits(swarm_key, (3, population_size, num_dims), uint)
+    coefficient_key, direction_key, radius_key = jax.random.split(key, 3)
+    shape = (population_size, num_dims)
+    coefficient_shape = shape if coefficients == "per_dimension" else (population_size, 1)
+    if uint == jnp.uint32:
+        # U1 and U2 are the two words of one block, z the first word of another: every word is
+        # used where it is computed, so the rounds fuse into the move (see random_pairs).
+        bits_u1, bits_u2 = random_pairs(coefficient_key, coefficient_shape)
+        bits_z = random_pairs(direction_key, shape)[0]
+    else:
+        bits_u1, bits_u2 = random_bits(coefficient_key, (2, *coefficient_shape), uint)
+        bits_z = random_bits(direction_key, shape, uint)
     # erf⁻¹(s) for s ~ U(-1, 1) is N(0, 1/2) (the normal's inverse CDF up to √2, which the
     # direction does not see); erf⁻¹ is cheaper than ndtri.
-    z = jax.lax.erf_inv(symmetric_from_bits(bits[2], dtype))
+    z = jax.lax.erf_inv(symmetric_from_bits(bits_z, dtype))
     rho = jax.random.uniform(radius_key, (population_size,), dtype)
-    return uniform_from_bits(bits[0], dtype), uniform_from_bits(bits[1], dtype), z, rho
+    return uniform_from_bits(bits_u1, dtype), uniform_from_bits(bits_u2, dtype), z, rho
 
 
 def reflect_into(x: jax.Array, lower: jax.Array, upper: jax.Array) -> jax.Array:
@@ -181,6 +203,7 @@ def pso(
     topology: str = "ring",
     num_neighbors: int = 2,
     update: str = "spso2011",
+    coefficients: str = "per_dimension",
     inertia: float = 1.0 / (2.0 * math.log(2.0)),
     cognitive: float = 0.5 + math.log(2.0),
     social: float = 0.5 + math.log(2.0),
@@ -199,6 +222,16 @@ def pso(
       num_neighbors: informants per particle besides itself in the ring (even, >= 2, < n).
       update: ``"spso2011"`` (hypersphere around the centre of gravity, default) or
         ``"classic"`` (per-dimension inertia-weight update).
+      coefficients: ``"per_dimension"`` (``U1, U2`` drawn for every coordinate, as SPSO-2011
+        specifies; default) or ``"per_particle"`` (one ``U1`` and one ``U2`` per particle, shared
+        by its coordinates: "linear" PSO, as in evosax 0.3's PSO). The per-particle form is
+        invariant to rotations of the search space, but with the classic update a particle
+        then moves only within the span of its velocity and its two attractors, and the swarm
+        can stall in a subspace (Wilke, Kok & Groenwold, "Comparison of linear and classical
+        velocity update rules in particle swarm optimization: notes on diversity", 2007);
+        SPSO-2011's hypersphere point still adds a random direction. It draws ``d + 3``
+        numbers per particle instead of ``3 d + 1`` (``2`` instead of ``2 d`` for
+        ``"classic"``).
       inertia: ``w`` (>= 0), default ``1 / (2 ln 2)``.
       cognitive: ``c1`` (>= 0), default ``0.5 + ln 2``.
       social: ``c2`` (>= 0), default ``0.5 + ln 2``.
@@ -222,6 +255,8 @@ def pso(
         raise ValueError(f"topology must be one of {TOPOLOGIES}, got {topology!r}")
     if update not in UPDATES:
         raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
+    if coefficients not in COEFFICIENTS:
+        raise ValueError(f"coefficients must be one of {COEFFICIENTS}, got {coefficients!r}")
     if bounds_handling not in BOUNDS_HANDLING:
         raise ValueError(
             f"bounds_handling must be one of {BOUNDS_HANDLING}, got {bounds_handling!r}"
@@ -281,18 +316,22 @@ def pso(
             personal_best_fitness=jnp.full(
                 (population_size,), jnp.finfo(mean.dtype).max, mean.dtype
             ),
-            diversity=jnp.zeros((), mean.dtype),
             params=params,
         )
 
-    def move(key: jax.Array, state: PSOState) -> tuple[jax.Array, jax.Array]:
+    def move_velocity(key: jax.Array, state: PSOState) -> jax.Array:
+        """The new velocities before confinement to the bounds."""
         params, x, v = state.params, state.positions, state.velocities
         best_index = informant_best(state.personal_best_fitness, topology, num_neighbors)
-        own_best, informed_best = state.personal_best, state.personal_best[best_index]
+        own_best = state.personal_best
+        if topology == "global":  # one row, broadcast: no (n, d) gather
+            informed_best = own_best[best_index[0]][None, :]
+        else:
+            informed_best = own_best[best_index]
         informs_itself = (best_index == indices)[:, None]
         dtype, num_dims = x.dtype, state.num_dims
 
-        u1, u2, z, rho = swarm_draws(key, population_size, num_dims, dtype)
+        u1, u2, z, rho = swarm_draws(key, population_size, num_dims, dtype, coefficients)
         to_p = params.cognitive * u1 * (own_best - x)
         to_l = params.social * u2 * (informed_best - x)
         if update == "classic":
@@ -304,31 +343,30 @@ def pso(
             # z / ||z|| is a uniform direction; the guard only matters for num_dims = 1, z = 0.
             unit = z / jnp.maximum(jnp.linalg.norm(z, axis=1, keepdims=True), 1e-30)
             velocities = params.inertia * v + to_centre + rho[:, None] * radius * unit
-        velocities = jnp.where(
+        return jnp.where(
             params.max_velocity > 0,
             jnp.clip(velocities, -params.max_velocity, params.max_velocity),
             velocities,
         )
-        positions = x + velocities
-        if bounds is not None:
-            lower, upper = bounds_like(state.best_solution)
-            outside = (positions < lower) | (positions > upper)
-            if bounds_handling == "clip":
-                positions = jnp.clip(positions, lower, upper)
-                velocities = jnp.where(outside, -0.5 * velocities, velocities)
-            else:
-                positions = reflect_into(positions, lower, upper)
-                velocities = jnp.where(outside, -velocities, velocities)
-        return positions, velocities
 
     def ask(key: jax.Array, state: PSOState) -> tuple[jax.Array, PSOState]:
-        # Generation 0 evaluates the initial swarm itself (personal bests do not exist yet), and
-        # `cond` skips the move there; under vmap it becomes a select that computes both.
-        positions, velocities = jax.lax.cond(
-            state.generation == 0,
-            lambda: (state.positions, state.velocities),
-            lambda: move(key, state),
-        )
+        # Generation 0 evaluates the initial swarm itself (personal bests do not exist yet).
+        first = state.generation == 0
+        x = state.positions
+        velocities = jnp.where(first, state.velocities, move_velocity(key, state))
+        if bounds is None:
+            positions = jnp.where(first, x, x + velocities)
+        else:
+            lower, upper = bounds_like(state.best_solution)
+            moved = x + velocities
+            outside = ((moved < lower) | (moved > upper)) & ~first
+            if bounds_handling == "clip":
+                positions = jnp.clip(moved, lower, upper)
+                velocities = jnp.where(outside, -0.5 * velocities, velocities)
+            else:
+                positions = reflect_into(moved, lower, upper)
+                velocities = jnp.where(outside, -velocities, velocities)
+            positions = jnp.where(first, x, positions)
         return positions, state.replace(positions=positions, velocities=velocities)
 
     def tell(state: PSOState, population: jax.Array, fitness: jax.Array) -> PSOState:
@@ -336,21 +374,21 @@ def pso(
         check_population(population, population_size, state.num_dims)
         safe = shaping.sanitize(fitness).astype(state.personal_best_fitness.dtype)
         improved = safe < state.personal_best_fitness
-        centroid = jnp.mean(population, axis=0)
         return state.replace(
             positions=population,
             personal_best=jnp.where(improved[:, None], population, state.personal_best),
             personal_best_fitness=jnp.where(improved, safe, state.personal_best_fitness),
-            diversity=jnp.mean(jnp.linalg.norm(population - centroid, axis=1)).astype(
-                state.diversity.dtype
-            ),
             generation=state.generation + 1,
             **update_best(state, population, fitness),
         )
 
     def info(state: PSOState) -> dict:
+        """``diversity``: mean distance of the swarm's positions to their centroid;
+        ``mean_speed``: mean velocity norm."""
+        centred = state.positions - jnp.mean(state.positions, axis=0)
         return {
-            "diversity": state.diversity,
+            # Diagnostics are computed here, when asked for, not in every `tell`.
+            "diversity": jnp.mean(jnp.linalg.norm(centred, axis=1)),
             "mean_speed": jnp.mean(jnp.linalg.norm(state.velocities, axis=1)),
         }
 
