@@ -63,8 +63,9 @@ def throughput_section(result: dict) -> list[str]:
         f"ask → sphere → tell in a jitted `lax.scan`, {result.get('generations')} generations, "
         f"best of {result.get('repeats')}; both libraries in the same process. " + _context(result),
         "",
-        "| strategy | population | dimensions | esjax ms | evosax ms | evosax / esjax |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| strategy | population | dimensions | esjax ms | evosax ms | evosax / esjax "
+        "| memory esjax / evosax |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     notes = []
     for row in result["rows"]:
@@ -75,11 +76,19 @@ def throughput_section(result: dict) -> list[str]:
         if "note" in row:
             notes.append(row["note"])
             name += f" [{len(notes)}]"
+        memory = row.get("memory_ratio")
         lines.append(
             f"| {name} | {row['population_size']:,} | {row['num_dims']:,} | "
             f"{_number(esjax_ms)} | {_number(evosax_ms)} | "
-            f"{'–' if speedup is None else f'{speedup:.2f}×'} |"
+            f"{'–' if speedup is None else f'{speedup:.2f}×'} | "
+            f"{'–' if memory is None else f'{memory:.2f}'} |"
         )
+    lines.append("")
+    lines.append(
+        "Memory: the working set XLA assigns to each compiled loop (strategy state and a "
+        "generation's temporaries, `memory_analysis().temp_size_in_bytes`); below 1, esjax needs "
+        "less."
+    )
     lines.append("")
     lines += [f"[{i}] {note}" for i, note in enumerate(notes, 1)]
     return lines

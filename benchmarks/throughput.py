@@ -1,8 +1,9 @@
 """Time per generation of ask → sphere → tell inside a jitted ``lax.scan``: esjax vs evosax.
 
 Both libraries run in the same process on the same device, after a warm-up (compile) call; each
-row reports the minimum over ``--repeats`` timed calls of ``--generations`` generations, so the
-esjax/evosax ratio is a like-for-like measurement. evosax rows are skipped cleanly when evosax
+row reports the minimum over ``--repeats`` timed calls of ``--generations`` generations, the two
+libraries' calls interleaved, so the esjax/evosax ratio is a like-for-like measurement. Memory is
+the working set XLA assigns to each compiled loop. evosax rows are skipped cleanly when evosax
 (the ``bench`` extra) is not installed.
 
     python benchmarks/throughput.py                 # the small CPU grid
@@ -164,29 +165,45 @@ def evosax_loop(name: str, population_size: int, num_dims: int) -> Callable | No
     return loop
 
 
-def time_loop(loop: Callable, generations: int, repeats: int) -> dict:
-    """Compile once, then the minimum over ``repeats`` runs: seconds per generation."""
-    compiled = jax.jit(loop, static_argnums=1).lower(jax.random.key(0), generations).compile()
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(jax.random.key(0)))
-    first = time.perf_counter() - start
-    best = first
-    for repeat in range(1, repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(jax.random.key(repeat)))
-        best = min(best, time.perf_counter() - start)
-    stats = jax.devices()[0].memory_stats() or {}
-    return {
-        "ms_per_generation": 1e3 * best / generations,
-        "peak_bytes": stats.get("peak_bytes_in_use"),
+def time_loops(loops: dict[str, Callable], generations: int, repeats: int) -> dict[str, dict]:
+    """Compile each loop and run it once (warm-up), then ``repeats`` rounds that run every loop
+    in turn: the minimum per loop, in ms per generation.
+
+    Interleaving puts a slow spell of a shared host on both libraries alike instead of on
+    whichever ran during it. Memory is XLA's buffer assignment for each compiled loop
+    (``memory_analysis``, on every backend): the allocator's ``peak_bytes_in_use`` is a maximum
+    over the whole process, so it cannot tell two loops of one process apart.
+    """
+    key = jax.random.key(0)
+    compiled = {
+        library: jax.jit(loop, static_argnums=1).lower(key, generations).compile()
+        for library, loop in loops.items()
     }
+    for run in compiled.values():
+        jax.block_until_ready(run(key))
+    best = dict.fromkeys(compiled, float("inf"))
+    for repeat in range(repeats):
+        for library, run in compiled.items():
+            start = time.perf_counter()
+            jax.block_until_ready(run(jax.random.key(repeat + 1)))
+            best[library] = min(best[library], time.perf_counter() - start)
+    results = {}
+    for library, run in compiled.items():
+        memory = run.memory_analysis()
+        results[library] = {
+            "ms_per_generation": 1e3 * best[library] / generations,
+            # The loop's working set: the strategy state and every temporary of a generation
+            # (its arguments and outputs are a key and a scalar).
+            "temp_bytes": None if memory is None else memory.temp_size_in_bytes,
+        }
+    return results
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", choices=sorted(GRIDS), default=None)
     parser.add_argument("--generations", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", default=None, help="comma-separated strategy names")
     parser.add_argument(
         "--output", default=None, help="JSON path (default: results/throughput-...json)"
@@ -211,10 +228,16 @@ def main(argv: list[str] | None = None) -> dict:
             "esjax": esjax_loop(name, population_size, num_dims, options),
             "evosax": evosax_loop(name, population_size, num_dims),
         }
-        for library, loop in loops.items():
-            row[library] = None if loop is None else time_loop(loop, args.generations, args.repeats)
+        timed = time_loops(
+            {library: loop for library, loop in loops.items() if loop is not None},
+            args.generations,
+            args.repeats,
+        )
+        row.update({library: timed.get(library) for library in loops})
         if row["esjax"] and row["evosax"]:
             row["speedup"] = row["evosax"]["ms_per_generation"] / row["esjax"]["ms_per_generation"]
+            if row["esjax"]["temp_bytes"] is not None and row["evosax"]["temp_bytes"]:
+                row["memory_ratio"] = row["esjax"]["temp_bytes"] / row["evosax"]["temp_bytes"]
         if label in NOTES:
             row["note"] = NOTES[label]
         rows.append(row)
@@ -240,9 +263,12 @@ def _print_row(row: dict) -> None:
         return "      -" if not entry else f"{entry['ms_per_generation']:8.3f}"
 
     speedup = f"{row['speedup']:6.2f}x" if "speedup" in row else "     -"
+    memory = row.get("memory_ratio")
+    memory = "" if memory is None else f" | memory esjax/evosax {memory:5.2f}"
     print(
         f"{row['strategy']:>22} pop {row['population_size']:>6} dim {row['num_dims']:>8} | "
-        f"esjax {ms(row['esjax'])} ms | evosax {ms(row['evosax'])} ms | evosax/esjax {speedup}",
+        f"esjax {ms(row['esjax'])} ms | evosax {ms(row['evosax'])} ms | evosax/esjax {speedup}"
+        + memory,
         flush=True,
     )
 
