@@ -1,8 +1,8 @@
 """Print the README's "Performance" section from the newest JSON files in benchmarks/results/.
 
-For every benchmark (``throughput``, ``train``, ``convnet``, ``distributed``) and every device it
-was run on, the file with the latest date is read and turned into a Markdown table with the
-ratios; the device, host load and library versions head each table. Nothing is measured here.
+For every benchmark (``throughput``, ``train``, ``convnet``, ``distributed``, ``prng``) and every
+device it was run on, the file with the latest date is read and turned into a Markdown table with
+the ratios; the device, host load and library versions head each table. Nothing is measured here.
 
     python benchmarks/performance_md.py                   # print to stdout
     python benchmarks/performance_md.py > performance.md
@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BENCHMARKS = ("throughput", "train", "convnet", "distributed")
+BENCHMARKS = ("throughput", "train", "convnet", "distributed", "prng")
 
 
 def latest_results(results: Path) -> dict[str, list[dict]]:
@@ -178,6 +178,26 @@ def distributed_section(result: dict) -> list[str]:
     return lines
 
 
+def prng_section(result: dict) -> list[str]:
+    lines = [
+        "**Random numbers** (`benchmarks/prng.py`): millions of numbers per second for one "
+        "population-sized draw, written to memory or summed in the same program (as a strategy "
+        "consumes it), and the ratio to `jax.random` with its default Threefry key. "
+        + _context(result),
+        "",
+        "| generator | rows × dim | written (M/s) | × default | fused (M/s) | × default |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in result["rows"]:
+        lines.append(
+            f"| `{row['generator']}` | {row['rows']:,} × {row['dim']:,} | "
+            f"{_number(row['materialised_million_per_second'], 0)} | "
+            f"{row['materialised_vs_default']:.2f} | "
+            f"{_number(row['fused_million_per_second'], 0)} | {row['fused_vs_default']:.2f} |"
+        )
+    return lines
+
+
 def _devices_heading(column: str) -> str:
     if column == "unsharded":
         return column
@@ -190,6 +210,7 @@ SECTIONS = {
     "train": train_section,
     "convnet": convnet_section,
     "distributed": distributed_section,
+    "prng": prng_section,
 }
 
 
