@@ -81,7 +81,12 @@ from jax.sharding import PartitionSpec as P
 from esjax import shaping
 from esjax.base import Strategy, StrategyState, check_fitness, update_best
 from esjax.loop import FitnessFn, evaluate_population, generation_metrics, make_generation
-from esjax.strategies.openai_es import OpenAIESUpdate, perturbations, update_rule
+from esjax.strategies.openai_es import (
+    OpenAIESUpdate,
+    perturbations,
+    update_rule,
+    weighted_deviation_sum,
+)
 
 AXIS_NAME = "population"
 ENV_COORDINATOR_ADDRESS = "ESJAX_COORDINATOR_ADDRESS"
@@ -251,7 +256,7 @@ def _openai_es_generation(
         best = jnp.argmin(shaping.sanitize(fitness))
         partial = jnp.stack(
             [
-                local_weights @ (members - state.mean),
+                weighted_deviation_sum(local_weights, members, state.mean),
                 jnp.sum(jnp.where((indices == best)[:, None], members, 0.0), axis=0),
             ]
         )

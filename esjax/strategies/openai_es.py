@@ -106,6 +106,34 @@ class OpenAIESUpdate(NamedTuple):
     apply_gradient: Callable[[OpenAIESState, jax.Array], OpenAIESState]
 
 
+def weighted_deviation_sum(
+    weights: jax.Array, members: jax.Array, mean: jax.Array, num_chunks: int = 8
+) -> jax.Array:
+    """``Σ_i w_i (x_i - θ)``, one block of ``⌈n / num_chunks⌉`` members at a time.
+
+    Forming all the deviations ``x_i - θ`` at once would hold a second population-sized array;
+    a block at a time the working set is the population plus ``1/num_chunks`` of it, and each
+    block is one matrix-vector product. Subtracting ``θ`` before the product (not ``Σ w_i θ``
+    after it) keeps the precision of ``σ ε_i`` when ``|θ| >> σ``.
+    """
+    n = members.shape[0]
+    rows = -(-n // num_chunks)
+    if rows >= n:
+        return weights @ (members - mean)
+    blocks = n // rows
+
+    def block_sum(index):
+        block = jax.lax.dynamic_slice_in_dim(members, index * rows, rows)
+        return jax.lax.dynamic_slice_in_dim(weights, index * rows, rows) @ (block - mean)
+
+    # The first block starts the sum, so it has the members' type (e.g. device-varying inside
+    # shard_map), not the mean's.
+    total = jax.lax.fori_loop(1, blocks, lambda i, total: total + block_sum(i), block_sum(0))
+    if blocks * rows < n:
+        total = total + weights[blocks * rows :] @ (members[blocks * rows :] - mean)
+    return total
+
+
 def update_rule(es: Strategy) -> OpenAIESUpdate | None:
     """The :class:`OpenAIESUpdate` of a strategy built by :func:`openai_es` (``None`` otherwise)."""
     return getattr(es.tell, "update_rule", None)
@@ -261,7 +289,7 @@ def openai_es(
         check_population(population, population_size, state.num_dims)
         weights = fitness_weights(state, fitness, jnp.sum(jnp.square(population), axis=-1))
         # ε_i = (x_i - θ)/σ is recovered from the population: one fused matvec, no stored noise.
-        told = apply_gradient(state, weights @ (population - state.mean))
+        told = apply_gradient(state, weighted_deviation_sum(weights, population, state.mean))
         return told.replace(**update_best(state, population, fitness))
 
     tell.update_rule = OpenAIESUpdate(antithetic, fitness_weights, apply_gradient)
