@@ -126,9 +126,10 @@ def weighted_deviation_sum(
         block = jax.lax.dynamic_slice_in_dim(members, index * rows, rows)
         return jax.lax.dynamic_slice_in_dim(weights, index * rows, rows) @ (block - mean)
 
-    # The first block starts the sum, so it has the members' type (e.g. device-varying inside
+    # Zeros shaped like a member, so the sum has the members' type (device-varying inside
     # shard_map), not the mean's.
-    total = jax.lax.fori_loop(1, blocks, lambda i, total: total + block_sum(i), block_sum(0))
+    start = jnp.zeros_like(members[0], dtype=jnp.result_type(weights, members, mean))
+    total = jax.lax.fori_loop(0, blocks, lambda i, total: total + block_sum(i), start)
     if blocks * rows < n:
         total = total + weights[blocks * rows :] @ (members[blocks * rows :] - mean)
     return total
