@@ -195,6 +195,12 @@ def prng_section(result: dict) -> list[str]:
             f"{row['materialised_vs_default']:.2f} | "
             f"{_number(row['fused_million_per_second'], 0)} | {row['fused_vs_default']:.2f} |"
         )
+    lines += [
+        "",
+        "`random_bits` and `standard_normal` put a block's two words in two different columns, so "
+        "a kernel that consumes them fused evaluates the cipher once per word, twice per block; "
+        "`random_pairs` hands both words to the same element, which is why PSO draws through it.",
+    ]
     return lines
 
 

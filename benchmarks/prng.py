@@ -9,11 +9,13 @@ ahead of time and as the best of ``--repeats`` calls:
   some accelerators, but their streams are not guaranteed to be the same across backends or
   shardings);
 - ``esjax.prng.random_bits`` / ``esjax.prng.standard_normal`` (Threefry-2x32 written with
-  ``jnp``, the same cipher as the default, fused by XLA).
+  ``jnp``, the same cipher as the default, fused by XLA), and ``esjax.prng.random_pairs`` (both
+  words of each block at one index, as PSO uses them; ``rows × dim/2`` pairs).
 
 Each draw is consumed in two ways: written out (``materialised``) and summed inside the same
-program (``fused``, the way a strategy's update uses it). Rates are in millions of numbers per
-second; ratios are against ``jax.random`` with the default Threefry.
+program (``fused``, the way a strategy's update uses it). All variants are compiled first and
+their timed calls interleaved, so a slow spell of a shared host hits them alike. Rates are in
+millions of numbers per second; ratios are against ``jax.random`` with the default Threefry.
 
     python benchmarks/prng.py                 # CPU: under a minute on 2 cores
     python benchmarks/prng.py --grid gpu      # an accelerator
@@ -24,6 +26,7 @@ Writes ``benchmarks/results/prng-<platform>-<device>-<date>.json`` and prints a 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 
@@ -54,42 +57,44 @@ def generators(rows: int, dim: int) -> dict[str, tuple[str, str | None, Callable
         for impl in IMPLEMENTATIONS:
             found[f"jax.random.{kind}[{impl}]"] = (kind, impl, lambda k, f=reference: f(k, shape))
         found[f"esjax.prng.{ours.__name__}"] = (kind, None, lambda k, f=ours: f(k, shape))
+    found["esjax.prng.random_pairs"] = (
+        "bits",
+        None,
+        lambda k: jnp.stack(prng.random_pairs(k, (rows, dim // 2)), axis=-1),
+    )
     return found
-
-
-def best_seconds(function: Callable, key: jax.Array, repeats: int) -> float:
-    compiled = jax.jit(function).lower(key).compile()
-    jax.block_until_ready(compiled(key))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(key))
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def measure(rows: int, dim: int, repeats: int) -> list[dict]:
     """One row per generator: millions of numbers per second, written out and fused into a sum."""
-    results = []
+    compiled = {}
     for label, (kind, impl, draw) in generators(rows, dim).items():
         key = jax.random.key(0) if impl is None else jax.random.key(0, impl=impl)
 
         def fused(k, draw=draw):
             return jnp.sum(draw(k).astype(jnp.float32))
 
-        row = {"generator": label, "kind": kind, "rows": rows, "dim": dim}
         for mode, function in (("materialised", draw), ("fused", fused)):
-            seconds = best_seconds(function, key, repeats)
-            row[f"{mode}_million_per_second"] = rows * dim / seconds / 1e6
-        results.append(row)
-    for row in results:  # ratios against jax.random's default generator of the same kind
-        baseline = next(
-            r for r in results if r["generator"] == f"jax.random.{row['kind']}[threefry2x32]"
-        )
+            run = jax.jit(function).lower(key).compile()
+            jax.block_until_ready(run(key))
+            compiled[label, mode] = (kind, key, run)
+    best = dict.fromkeys(compiled, float("inf"))
+    for _ in range(repeats):
+        for name, (_, key, run) in compiled.items():
+            start = time.perf_counter()
+            jax.block_until_ready(run(key))
+            best[name] = min(best[name], time.perf_counter() - start)
+    results = {}
+    for (label, mode), (kind, _, _) in compiled.items():
+        fields = {"generator": label, "kind": kind, "rows": rows, "dim": dim}
+        row = results.setdefault(label, fields)
+        row[f"{mode}_million_per_second"] = rows * dim / best[label, mode] / 1e6
+    for row in results.values():  # ratios against jax.random's default generator of that kind
+        baseline = results[f"jax.random.{row['kind']}[threefry2x32]"]
         for mode in ("materialised", "fused"):
             rate = f"{mode}_million_per_second"
             row[f"{mode}_vs_default"] = row[rate] / baseline[rate]
-    return results
+    return list(results.values())
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -104,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.shape:
         grid = "custom"
         shapes = [tuple(int(n) for n in args.shape.lower().split("x"))]
+    load_average = os.getloadavg()[0]
     rows = []
     for num_rows, dim in shapes:
         for row in measure(num_rows, dim, args.repeats):
@@ -117,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
     result = {
         **environment("prng"),
+        "host_load_average_at_start": load_average,
         "grid": grid,
         "repeats": args.repeats,
         "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),

@@ -27,11 +27,19 @@ from common import environment, write_result
 
 import esjax
 
-# esjax options under which a strategy runs the same algorithm as evosax's strategy of that
-# name, where its default differs (a grid row may name one as a fourth element).
+# esjax options under which a strategy runs the same update as evosax's strategy of that name,
+# where its default differs (a grid row may name one as a fourth element).
 SAME_AS_EVOSAX = {
-    # evosax 0.3's PSO: global best, the classic inertia-weight update, one (r1, r2) per particle.
-    "pso": {"topology": "global", "update": "classic", "coefficients": "per_particle"},
+    # evosax 0.3's PSO: global best, the classic inertia-weight update, one (r1, r2) per particle,
+    # and its default constants.
+    "pso": {
+        "topology": "global",
+        "update": "classic",
+        "coefficients": "per_particle",
+        "inertia": 0.75,
+        "cognitive": 1.5,
+        "social": 2.0,
+    },
 }
 
 # (strategy, population_size or None for the strategy's default, num_dims[, esjax options])
@@ -41,6 +49,7 @@ GRIDS = {
         ("openai_es", 1024, 10_000),
         ("cma_es", None, 100),
         ("cma_es", None, 400),
+        ("cma_es", None, 1_000),
         ("sep_cma_es", 256, 10_000),
         ("simulated_annealing", 256, 10_000),
         ("pso", 256, 10_000),
@@ -73,8 +82,10 @@ NOTES = {
         "generation. The next row runs evosax's algorithm in esjax."
     ),
     "pso (same as evosax)": (
-        "The same algorithm as evosax 0.3's PSO: esjax.pso(topology='global', update='classic', "
-        "coefficients='per_particle'); each library keeps its own default constants (w, c1, c2)."
+        "The update rule and constants of evosax 0.3's PSO: esjax.pso(topology='global', "
+        "update='classic', coefficients='per_particle', inertia=0.75, cognitive=1.5, "
+        "social=2.0). What still differs: evosax starts from a swarm the caller passes with zero "
+        "velocities (esjax draws both in a box) and replaces a personal best on a tie."
     ),
 }
 

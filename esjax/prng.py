@@ -131,27 +131,49 @@ def float_bits_type(dtype) -> tuple:
 
 
 def uniform_from_bits(bits: jax.Array, dtype) -> jax.Array:
-    """``U[0, 1)`` floats from random bits: the top mantissa bits under the exponent of 1.0."""
+    """``U[0, 1)`` floats from random bits: the top mantissa bits under the exponent of 1.0.
+
+    Drawn in float32 (float64 for float64); a narrower ``dtype`` keeps the values below 1.
+    """
     uint, float_, mantissa = float_bits_type(dtype)
     one = jnp.array(1.0, float_).view(uint)
     shifted = bits >> (jnp.iinfo(uint).bits - mantissa)
-    return (jax.lax.bitcast_convert_type(shifted | one, float_) - 1).astype(dtype)
+    return _narrowed(jax.lax.bitcast_convert_type(shifted | one, float_) - 1, dtype)
 
 
 def symmetric_from_bits(bits: jax.Array, dtype) -> jax.Array:
     """``U(-1, 1)`` floats, open and symmetric: ``(2 m + 1) / 2^k - 1`` for ``k``-bit ``m``.
 
-    Every value is exact in the float and none is ``±1``, so ``erf⁻¹`` of it stays finite.
+    Every value is exact in float32 (float64 for float64) and none is ``±1``, so ``erf⁻¹`` of it
+    stays finite; a narrower ``dtype`` keeps the values inside ``(-1, 1)``.
     """
     uint, float_, mantissa = float_bits_type(dtype)
     m = (bits >> (jnp.iinfo(uint).bits - mantissa)).astype(float_)
-    return ((2 * m + 1) * 2.0**-mantissa - 1).astype(dtype)
+    return _narrowed((2 * m + 1) * 2.0**-mantissa - 1, dtype)
+
+
+def _narrowed(values: jax.Array, dtype) -> jax.Array:
+    """``values`` (float32/64, strictly inside ``(-1, 1)``) cast to ``dtype`` and kept off ``±1``.
+
+    Rounding to nearest in bfloat16 or float16 takes the values closest to ``±1`` to ``±1``
+    (about 1 in 500 uniforms for bfloat16); they go to the nearest representable values inside.
+    """
+    if jnp.finfo(dtype).bits >= jnp.finfo(values.dtype).bits:
+        return values.astype(dtype)
+    inside = 1.0 - float(jnp.finfo(dtype).epsneg)
+    return jnp.clip(values, -inside, inside).astype(dtype)
 
 
 def normal_from_bits(bits: jax.Array, dtype) -> jax.Array:
     """``N(0, 1)`` floats from random bits: ``√2 erf⁻¹(s)`` of the open uniform ``s`` of
-    :func:`symmetric_from_bits` (the inverse-CDF construction of ``jax.random.normal``)."""
-    return (math.sqrt(2.0) * jax.lax.erf_inv(symmetric_from_bits(bits, dtype))).astype(dtype)
+    :func:`symmetric_from_bits` (the inverse-CDF construction of ``jax.random.normal``).
+
+    Computed in float32 (float64 for float64) and then cast, so bfloat16 normals keep their
+    tails instead of turning into ``±inf`` where ``s`` would round to ``±1``.
+    """
+    _, float_, _ = float_bits_type(dtype)
+    normal = math.sqrt(2.0) * jax.lax.erf_inv(symmetric_from_bits(bits, float_))
+    return normal.astype(dtype)
 
 
 def standard_normal(

@@ -61,7 +61,7 @@ def test_prng_script_measures_every_generator_against_the_default(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "prng.json").read_text())
     generators = {row["generator"]: row for row in result["rows"]}
-    assert len(generators) == 8 and {row["kind"] for row in result["rows"]} == {"bits", "normal"}
+    assert len(generators) == 9 and {row["kind"] for row in result["rows"]} == {"bits", "normal"}
     for kind in ("bits", "normal"):
         default = generators[f"jax.random.{kind}[threefry2x32]"]
         assert default["materialised_vs_default"] == default["fused_vs_default"] == 1.0

@@ -166,9 +166,10 @@ def test_weight_decay_pulls_towards_zero(key):
     assert float(jnp.linalg.norm(state.mean)) < float(jnp.linalg.norm(jnp.full(5, 2.0))) - 1.0
 
 
-@pytest.mark.parametrize("num_members", [37, 5, 64])
+@pytest.mark.parametrize("num_members", [37, 5, 64, 1])
 def test_weighted_deviation_sum_is_the_plain_sum_in_blocks(num_members):
-    # 37 rows: 7 blocks of 5 and a remainder of 2; 5 rows: fewer rows than blocks (one product).
+    # 37 rows: 7 blocks of 5 and a remainder of 2; 5 rows: fewer rows than blocks (5 blocks of
+    # one); 64: 8 blocks of 8; 1: a single product.
     rng = np.random.default_rng(num_members)
     members, weights, mean = (
         jnp.asarray(rng.normal(size=shape), jnp.float32)
@@ -176,6 +177,16 @@ def test_weighted_deviation_sum_is_the_plain_sum_in_blocks(num_members):
     )
     blocked = jax.jit(weighted_deviation_sum)(weights, members, mean)
     np.testing.assert_allclose(blocked, weights @ (members - mean), rtol=1e-5, atol=1e-5)
+    # bfloat16 members: the blocks are summed in float32 and rounded once, so the result is
+    # within a bfloat16 rounding (2^-8 relative) of the float32 sum of the same inputs.
+    low = [a.astype(jnp.bfloat16) for a in (weights, members, mean)]
+    reference = np.asarray(
+        low[0].astype(jnp.float32) @ (low[1].astype(jnp.float32) - low[2].astype(jnp.float32))
+    )
+    got = jax.jit(weighted_deviation_sum)(*low)
+    chex.assert_type(got, jnp.bfloat16)
+    scale = np.max(np.abs(reference))
+    np.testing.assert_allclose(np.asarray(got, np.float32), reference, atol=scale * 2.0**-7)
 
 
 def test_weighted_deviation_sum_keeps_precision_and_holds_one_block_of_deviations():

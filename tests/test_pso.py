@@ -366,3 +366,14 @@ def test_shipped_config_builds_the_strategy_it_names():
     assert es.name == "pso" and es.population_size == 40
     assert config.strategy["lower_bound"] == -5.12 and config.problem["num_dims"] == 10
     assert config.generations * es.population_size == 200_000
+
+
+def test_bfloat16_swarm_stays_finite(key):
+    # Before the draws were made in float32, z / ||z|| turned NaN at the first move.
+    es = esjax.pso(population_size=16)
+    state = es.init(key, jnp.zeros(50, jnp.bfloat16))
+    for generation in range(4):
+        swarm, state = es.ask(jax.random.fold_in(key, generation), state)
+        state = es.tell(state, swarm, sphere(swarm.astype(jnp.float32)))
+    chex.assert_type(swarm, jnp.bfloat16)
+    assert bool(jnp.all(jnp.isfinite(swarm))) and bool(jnp.all(jnp.isfinite(state.velocities)))

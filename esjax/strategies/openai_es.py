@@ -114,25 +114,29 @@ def weighted_deviation_sum(
     Forming all the deviations ``x_i - θ`` at once would hold a second population-sized array;
     a block at a time the working set is the population plus ``1/num_chunks`` of it, and each
     block is one matrix-vector product. Subtracting ``θ`` before the product (not ``Σ w_i θ``
-    after it) keeps the precision of ``σ ε_i`` when ``|θ| >> σ``.
+    after it) keeps the precision of ``σ ε_i`` when ``|θ| >> σ``; the block sums are added in
+    float32 or wider and rounded to the result's dtype once.
     """
+    dtype = jnp.result_type(weights, members, mean)
     n = members.shape[0]
     rows = -(-n // num_chunks)
-    if rows >= n:
+    if rows >= n:  # a single member
         return weights @ (members - mean)
     blocks = n // rows
+    wide = jnp.promote_types(dtype, jnp.float32)
 
-    def block_sum(index):
-        block = jax.lax.dynamic_slice_in_dim(members, index * rows, rows)
-        return jax.lax.dynamic_slice_in_dim(weights, index * rows, rows) @ (block - mean)
+    def block_sum(index, start, rows):
+        block = jax.lax.dynamic_slice_in_dim(members, start + index * rows, rows)
+        block_weights = jax.lax.dynamic_slice_in_dim(weights, start + index * rows, rows)
+        return jnp.matmul(block_weights, block - mean, preferred_element_type=wide)
 
     # Zeros shaped like a member, so the sum has the members' type (device-varying inside
     # shard_map), not the mean's.
-    start = jnp.zeros_like(members[0], dtype=jnp.result_type(weights, members, mean))
-    total = jax.lax.fori_loop(0, blocks, lambda i, total: total + block_sum(i), start)
-    if blocks * rows < n:
-        total = total + weights[blocks * rows :] @ (members[blocks * rows :] - mean)
-    return total
+    start = jnp.zeros_like(members[0], dtype=wide)
+    total = jax.lax.fori_loop(0, blocks, lambda i, t: t + block_sum(i, 0, rows), start)
+    if blocks * rows < n:  # the last n - blocks * rows members
+        total = total + block_sum(0, blocks * rows, n - blocks * rows)
+    return total.astype(dtype)
 
 
 def update_rule(es: Strategy) -> OpenAIESUpdate | None:

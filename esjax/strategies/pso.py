@@ -44,14 +44,16 @@ and the first ``tell`` sets the personal bests; every later ``ask`` moves the sw
 fitness never becomes a personal best, so it never enters a velocity.
 
 Randomness. A move draws ``3 d + 1`` numbers per particle (``U1, U2, z, ρ``), far more than the
-``O(d)`` arithmetic around them, so the draws set the speed of a large swarm. ``U1`` and ``U2``
-are the two words of one Threefry block and ``z`` the first word of another
-(:func:`~esjax.prng.random_pairs`): every word is used where it is computed, so XLA fuses the
-rounds into the move instead of writing random numbers to memory. All of them are a function of
-the key given to ``ask`` alone (so every device of a sharded run draws the same swarm); ``z`` is
-``erf⁻¹`` of a uniform on the open interval ``(-1, 1)``, a normal up to the factor ``√2`` that
-``z / ||z||`` drops. ``coefficients="per_particle"`` shares ``U1, U2`` across a particle's
-coordinates (see :func:`pso`).
+``O(d)`` arithmetic around them, so the draws set the speed of a large swarm. In float32,
+``U1`` and ``U2`` are the two words of one Threefry block and ``z`` the first word of another
+(:func:`~esjax.prng.random_pairs`): XLA runs the cipher inside the kernels that use the words,
+once per element, instead of writing the random bits to memory; ``z``'s second word is left
+unused because sharing a block between two elements would run it once for each. (Float64 draws
+64-bit words with :func:`~esjax.prng.random_bits`.) All of them are a function of the key given
+to ``ask`` alone (so every device of a sharded run draws the same swarm); ``z`` is ``erf⁻¹`` of
+a uniform on the open interval ``(-1, 1)``, a normal up to the factor ``√2`` that ``z / ||z||``
+drops. ``coefficients="per_particle"`` shares ``U1, U2`` across a particle's coordinates (see
+:func:`pso`).
 """
 
 from __future__ import annotations
@@ -172,13 +174,15 @@ def swarm_draws(
       direction ``z / ||z||`` is uniform on the sphere) and ``ρ`` (``(population_size,)``
       uniforms on ``[0, 1)``, the radius fractions).
     """
+    if coefficients not in COEFFICIENTS:
+        raise ValueError(f"coefficients must be one of {COEFFICIENTS}, got {coefficients!r}")
     uint, _, _ = float_bits_type(dtype)
     coefficient_key, direction_key, radius_key = jax.random.split(key, 3)
     shape = (population_size, num_dims)
     coefficient_shape = shape if coefficients == "per_dimension" else (population_size, 1)
     if uint == jnp.uint32:
-        # U1 and U2 are the two words of one block, z the first word of another: every word is
-        # used where it is computed, so the rounds fuse into the move (see random_pairs).
+        # U1 and U2 are the two words of one block, z the first word of another (see the module
+        # docstring, "Randomness").
         bits_u1, bits_u2 = random_pairs(coefficient_key, coefficient_shape)
         bits_z = random_pairs(direction_key, shape)[0]
     else:
@@ -186,7 +190,9 @@ def swarm_draws(
         bits_z = random_bits(direction_key, shape, uint)
     # erf⁻¹(s) for s ~ U(-1, 1) is N(0, 1/2) (the normal's inverse CDF up to √2, which the
     # direction does not see); erf⁻¹ is cheaper than ndtri.
-    z = jax.lax.erf_inv(symmetric_from_bits(bits_z, dtype))
+    # (In float32 or float64, then cast: a bfloat16 s would round to ±1 and z to ±inf.)
+    _, wide, _ = float_bits_type(dtype)
+    z = jax.lax.erf_inv(symmetric_from_bits(bits_z, wide)).astype(dtype)
     rho = jax.random.uniform(radius_key, (population_size,), dtype)
     return uniform_from_bits(bits_u1, dtype), uniform_from_bits(bits_u2, dtype), z, rho
 
@@ -224,8 +230,9 @@ def pso(
         ``"classic"`` (per-dimension inertia-weight update).
       coefficients: ``"per_dimension"`` (``U1, U2`` drawn for every coordinate, as SPSO-2011
         specifies; default) or ``"per_particle"`` (one ``U1`` and one ``U2`` per particle, shared
-        by its coordinates: "linear" PSO, as in evosax 0.3's PSO). The per-particle form is
-        invariant to rotations of the search space, but with the classic update a particle
+        by its coordinates: "linear" PSO, the update rule of evosax 0.3's PSO). The per-particle
+        update is invariant to rotations of the search space (bounds, ``max_velocity`` and the
+        initial box are not), but with the classic update a particle
         then moves only within the span of its velocity and its two attractors, and the swarm
         can stall in a subspace (Wilke, Kok & Groenwold, "Comparison of linear and classical
         velocity update rules in particle swarm optimization: notes on diversity", 2007);
