@@ -20,18 +20,19 @@ BENCHMARKS = ("throughput", "train", "convnet", "distributed", "prng")
 
 def latest_results(results: Path) -> dict[str, list[dict]]:
     """``benchmark -> [result, ...]``: per benchmark and device, the newest file's contents."""
-    newest: dict[tuple[str, str, str], tuple[str, dict]] = {}
+    newest: dict[tuple[str, ...], tuple[str, dict]] = {}
     for path in sorted(results.glob("*.json")):
         result = json.loads(path.read_text())
         benchmark = result.get("benchmark")
         if benchmark not in BENCHMARKS:
             continue
         key = (benchmark, result.get("platform", "?"), result.get("device", "?"))
+        key += (result.get("grid", ""),)  # e.g. throughput's cpu and cpu-large grids
         stamp = f"{result.get('date', '')} {path.stat().st_mtime:020.6f}"
         if key not in newest or stamp > newest[key][0]:
             newest[key] = (stamp, {**result, "file": path.name})
     grouped: dict[str, list[dict]] = {name: [] for name in BENCHMARKS}
-    for (benchmark, _, _), (_, result) in sorted(newest.items()):
+    for (benchmark, *_), (_, result) in sorted(newest.items()):
         grouped[benchmark].append(result)
     return grouped
 
@@ -59,7 +60,8 @@ def _number(value, digits: int = 2) -> str:
 
 def throughput_section(result: dict) -> list[str]:
     lines = [
-        f"**Throughput** (`benchmarks/throughput.py`): milliseconds per generation of "
+        f"**Throughput** (`benchmarks/throughput.py`, grid `{result.get('grid')}`): "
+        "milliseconds per generation of "
         f"ask → sphere → tell in a jitted `lax.scan`, {result.get('generations')} generations, "
         f"best of {result.get('repeats')}; both libraries in the same process. " + _context(result),
         "",
@@ -89,8 +91,8 @@ def throughput_section(result: dict) -> list[str]:
         "generation's temporaries, `memory_analysis().temp_size_in_bytes`); below 1, esjax needs "
         "less."
     )
-    lines.append("")
-    lines += [f"[{i}] {note}" for i, note in enumerate(notes, 1)]
+    if notes:
+        lines += ["", *(f"[{i}] {note}" for i, note in enumerate(notes, 1))]
     return lines
 
 
