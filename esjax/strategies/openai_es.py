@@ -120,22 +120,22 @@ def weighted_deviation_sum(
     dtype = jnp.result_type(weights, members, mean)
     n = members.shape[0]
     rows = -(-n // num_chunks)
-    if rows >= n:  # a single member
+    if rows >= n:  # one member (or one chunk)
         return weights @ (members - mean)
     blocks = n // rows
     wide = jnp.promote_types(dtype, jnp.float32)
 
-    def block_sum(index, start, rows):
-        block = jax.lax.dynamic_slice_in_dim(members, start + index * rows, rows)
-        block_weights = jax.lax.dynamic_slice_in_dim(weights, start + index * rows, rows)
+    def block_sum(first, count):
+        block = jax.lax.dynamic_slice_in_dim(members, first, count)
+        block_weights = jax.lax.dynamic_slice_in_dim(weights, first, count)
         return jnp.matmul(block_weights, block - mean, preferred_element_type=wide)
 
     # Zeros shaped like a member, so the sum has the members' type (device-varying inside
     # shard_map), not the mean's.
     start = jnp.zeros_like(members[0], dtype=wide)
-    total = jax.lax.fori_loop(0, blocks, lambda i, t: t + block_sum(i, 0, rows), start)
+    total = jax.lax.fori_loop(0, blocks, lambda i, t: t + block_sum(i * rows, rows), start)
     if blocks * rows < n:  # the last n - blocks * rows members
-        total = total + block_sum(0, blocks * rows, n - blocks * rows)
+        total = total + block_sum(blocks * rows, n - blocks * rows)
     return total.astype(dtype)
 
 
@@ -293,7 +293,8 @@ def openai_es(
         fitness = check_fitness(fitness, population_size)
         check_population(population, population_size, state.num_dims)
         weights = fitness_weights(state, fitness, jnp.sum(jnp.square(population), axis=-1))
-        # ε_i = (x_i - θ)/σ is recovered from the population: one fused matvec, no stored noise.
+        # ε_i = (x_i - θ)/σ is recovered from the population, a block of members at a time: no
+        # stored noise.
         told = apply_gradient(state, weighted_deviation_sum(weights, population, state.mean))
         return told.replace(**update_best(state, population, fitness))
 

@@ -232,13 +232,12 @@ def pso(
         specifies; default) or ``"per_particle"`` (one ``U1`` and one ``U2`` per particle, shared
         by its coordinates: "linear" PSO, the update rule of evosax 0.3's PSO). The per-particle
         update is invariant to rotations of the search space (bounds, ``max_velocity`` and the
-        initial box are not), but with the classic update a particle
-        then moves only within the span of its velocity and its two attractors, and the swarm
-        can stall in a subspace (Wilke, Kok & Groenwold, "Comparison of linear and classical
-        velocity update rules in particle swarm optimization: notes on diversity", 2007);
-        SPSO-2011's hypersphere point still adds a random direction. It draws ``d + 3``
-        numbers per particle instead of ``3 d + 1`` (``2`` instead of ``2 d`` for
-        ``"classic"``).
+        initial box are not), but with the classic update a particle then moves only within the
+        span of its velocity and its two attractors, and the swarm can stall in a subspace
+        (Wilke, Kok & Groenwold, "Comparison of linear and classical velocity update rules in
+        particle swarm optimization: notes on diversity", 2007); SPSO-2011's hypersphere point
+        still adds a random direction. It draws ``d + 3`` numbers per particle instead of
+        ``3 d + 1`` (``2`` instead of ``2 d`` for ``"classic"``).
       inertia: ``w`` (>= 0), default ``1 / (2 ln 2)``.
       cognitive: ``c1`` (>= 0), default ``0.5 + ln 2``.
       social: ``c2`` (>= 0), default ``0.5 + ln 2``.
@@ -357,7 +356,10 @@ def pso(
         )
 
     def ask(key: jax.Array, state: PSOState) -> tuple[jax.Array, PSOState]:
-        # Generation 0 evaluates the initial swarm itself (personal bests do not exist yet).
+        # Generation 0 evaluates the initial swarm itself (personal bests do not exist yet). A
+        # select rather than `lax.cond`: in a scanned loop a conditional's outputs are copied
+        # into the loop state every generation, and positions computed from the selected
+        # velocities keep XLA from running the move (and its random draws) a second time.
         first = state.generation == 0
         x = state.positions
         velocities = jnp.where(first, state.velocities, move_velocity(key, state))
