@@ -7,6 +7,8 @@ import importlib.util
 import json
 import os
 import platform
+import time
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
@@ -38,6 +40,22 @@ def environment(benchmark: str) -> dict:
         "date": datetime.date.today().isoformat(),
         "versions": versions(),
     }
+
+
+def best_seconds(calls: dict[str, Callable[[int], object]], repeats: int) -> dict[str, float]:
+    """The fastest of ``repeats`` wall-clock timings of each call, ``name -> seconds``.
+
+    Each call gets the repeat's index and its result is waited for. The calls take turns within
+    a repeat, so a slow spell of a shared host falls on all of them alike instead of on whichever
+    ran during it.
+    """
+    best = dict.fromkeys(calls, float("inf"))
+    for repeat in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            jax.block_until_ready(call(repeat))
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def write_result(result: dict, benchmark: str, output: str | None = None) -> Path:

@@ -30,7 +30,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-from common import environment, write_result
+from common import best_seconds, environment, write_result
 from flax import linen
 
 from esjax import nn
@@ -71,11 +71,7 @@ def measure(forward, population, images, repeats: int, max_temp_bytes: float | N
                 f"{max_temp_bytes / 1e9:.1f} GB guard (--max-temp-gb)"
             )
             return result
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(compiled(population, images))
-            best = min(best, time.perf_counter() - start)
+        best = best_seconds({"forward": lambda _: compiled(population, images)}, repeats)["forward"]
     except Exception as error:  # noqa: BLE001 - any failure of the variant is the measurement
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
         result["status"] = f"failed: {type(error).__name__}: {message[:300]}"

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from common import environment, write_result
+from common import best_seconds, environment, write_result
 
 import esjax
 from esjax import distributed
@@ -84,11 +83,7 @@ def time_generation(generation: Callable, state, generations: int, repeats: int)
     """Generations per second: compile once, then the best of ``repeats`` scans."""
     scanned = jax.jit(scan_generations(generation, jax.random.key(1), generations))
     compiled = scanned.lower(state).compile()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(state))
-        best = min(best, time.perf_counter() - start)
+    best = best_seconds({"scan": lambda _: compiled(state)}, repeats)["scan"]
     return generations / best
 
 

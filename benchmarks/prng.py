@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from common import environment, write_result
+from common import best_seconds, environment, write_result
 
 from esjax import prng
 
@@ -78,12 +77,10 @@ def measure(rows: int, dim: int, repeats: int) -> list[dict]:
             run = jax.jit(function).lower(key).compile()
             jax.block_until_ready(run(key))
             compiled[label, mode] = (kind, key, run)
-    best = dict.fromkeys(compiled, float("inf"))
-    for _ in range(repeats):
-        for name, (_, key, run) in compiled.items():
-            start = time.perf_counter()
-            jax.block_until_ready(run(key))
-            best[name] = min(best[name], time.perf_counter() - start)
+    best = best_seconds(
+        {name: lambda _, run=run, key=key: run(key) for name, (_, key, run) in compiled.items()},
+        repeats,
+    )
     results = {}
     for (label, mode), (kind, _, _) in compiled.items():
         fields = {"generator": label, "kind": kind, "rows": rows, "dim": dim}

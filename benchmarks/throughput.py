@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
-from common import environment, write_result
+from common import best_seconds, environment, write_result
 
 import esjax
 
@@ -183,8 +182,8 @@ def time_loops(loops: dict[str, Callable], generations: int, repeats: int) -> di
     """Compile each loop and run it once (warm-up), then ``repeats`` rounds that run every loop
     in turn: the minimum per loop, in ms per generation.
 
-    Interleaving puts a slow spell of a shared host on both libraries alike instead of on
-    whichever ran during it. Memory is XLA's buffer assignment for each compiled loop
+    Interleaved (:func:`common.best_seconds`), a slow spell of a shared host falls on both
+    libraries alike. Memory is XLA's buffer assignment for each compiled loop
     (``memory_analysis``, on every backend): the allocator's ``peak_bytes_in_use`` is a maximum
     over the whole process, so it cannot tell two loops of one process apart.
     """
@@ -195,12 +194,13 @@ def time_loops(loops: dict[str, Callable], generations: int, repeats: int) -> di
     }
     for run in compiled.values():
         jax.block_until_ready(run(key))
-    best = dict.fromkeys(compiled, float("inf"))
-    for repeat in range(repeats):
-        for library, run in compiled.items():
-            start = time.perf_counter()
-            jax.block_until_ready(run(jax.random.key(repeat + 1)))
-            best[library] = min(best[library], time.perf_counter() - start)
+    best = best_seconds(
+        {
+            library: lambda repeat, run=run: run(jax.random.key(repeat + 1))
+            for library, run in compiled.items()
+        },
+        repeats,
+    )
     results = {}
     for library, run in compiled.items():
         memory = run.memory_analysis()
