@@ -50,6 +50,18 @@ def _context(result: dict) -> str:
     return "; ".join(parts) + "."
 
 
+def _table_head(intro: str, result: dict, columns: list[str], text_columns: int) -> list[str]:
+    """A section's opening: ``intro`` and the run's context, then the table's header row and its
+    alignment row (the first ``text_columns`` columns left-aligned, the numbers right-aligned)."""
+    alignments = ["---"] * text_columns + ["---:"] * (len(columns) - text_columns)
+    return [
+        intro + _context(result),
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join(alignments) + "|",
+    ]
+
+
 def _number(value, digits: int = 2) -> str:
     if value is None:
         return "–"
@@ -59,16 +71,23 @@ def _number(value, digits: int = 2) -> str:
 
 
 def throughput_section(result: dict) -> list[str]:
-    lines = [
+    lines = _table_head(
         f"**Throughput** (`benchmarks/throughput.py`, grid `{result.get('grid')}`): "
         "milliseconds per generation of "
         f"ask → sphere → tell in a jitted `lax.scan`, {result.get('generations')} generations, "
-        f"best of {result.get('repeats')}; both libraries in the same process. " + _context(result),
-        "",
-        "| strategy | population | dimensions | esjax ms | evosax ms | evosax / esjax "
-        "| memory esjax / evosax |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
+        f"best of {result.get('repeats')}; both libraries in the same process. ",
+        result,
+        [
+            "strategy",
+            "population",
+            "dimensions",
+            "esjax ms",
+            "evosax ms",
+            "evosax / esjax",
+            "memory esjax / evosax",
+        ],
+        text_columns=1,
+    )
     notes = []
     for row in result["rows"]:
         esjax_ms = (row.get("esjax") or {}).get("ms_per_generation")
@@ -97,17 +116,25 @@ def throughput_section(result: dict) -> list[str]:
 
 
 def train_section(result: dict) -> list[str]:
-    lines = [
+    lines = _table_head(
         f"**Training to {100 * result['target_accuracy']:.0f}% test accuracy** "
         f"(`benchmarks/train.py`): {result['task']}, MLP with {result['num_params']:,} "
         f"parameters, minibatches of {result['batch_size']:,}, evaluated every "
         f"{result['eval_every']} steps; wall-clock excludes compilation and evaluation, a "
-        "backprop step counts as 3 forward passes. " + _context(result),
-        "",
-        "| method | library | steps to target | seconds to target | forward passes to target "
-        "| ms / step | steps run | best test accuracy |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
+        "backprop step counts as 3 forward passes. ",
+        result,
+        [
+            "method",
+            "library",
+            "steps to target",
+            "seconds to target",
+            "forward passes to target",
+            "ms / step",
+            "steps run",
+            "best test accuracy",
+        ],
+        text_columns=2,
+    )
     for row in result["rows"]:
         lines.append(
             f"| {row['label']} | {row['library']} | {_number(row['steps_to_target'])} | "
@@ -136,15 +163,15 @@ def train_section(result: dict) -> list[str]:
 
 
 def convnet_section(result: dict) -> list[str]:
-    lines = [
+    lines = _table_head(
         f"**ConvNet population forward** (`benchmarks/convnet.py`): {result['model']} "
         f"({result['num_params']:,} parameters), images per second for "
         f"population {result['population_size']} × {result['batch_size']:,} synthetic 28×28 "
-        f"images, best of {result['repeats']}. " + _context(result),
-        "",
-        "| method | dtype | population chunk | population | images / s | temporaries (GB) |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
+        f"images, best of {result['repeats']}. ",
+        result,
+        ["method", "dtype", "population chunk", "population", "images / s", "temporaries (GB)"],
+        text_columns=2,
+    )
     for row in result["rows"]:
         chunk = "all" if row["population_chunk"] is None else row["population_chunk"]
         temp = row.get("temp_bytes")
@@ -162,16 +189,13 @@ def convnet_section(result: dict) -> list[str]:
 
 def distributed_section(result: dict) -> list[str]:
     columns = [k for k in result["rows"][0] if k == "unsharded" or k.startswith("devices_")]
-    lines = [
+    lines = _table_head(
         f"**Sharded runs** (`benchmarks/distributed.py`), {result.get('unit')}. "
-        + (f"{result['note']}. " if result.get("note") else "")
-        + _context(result),
-        "",
-        "| strategy | problem | population | dimensions | "
-        + " | ".join(_devices_heading(c) for c in columns)
-        + " |",
-        "|---|---|---:|---:|" + "---:|" * len(columns),
-    ]
+        + (f"{result['note']}. " if result.get("note") else ""),
+        result,
+        ["strategy", "problem", "population", "dimensions", *map(_devices_heading, columns)],
+        text_columns=2,
+    )
     for row in result["rows"]:
         lines.append(
             f"| {row['strategy']} | {row['problem']} | {row['population_size']:,} | "
@@ -181,15 +205,14 @@ def distributed_section(result: dict) -> list[str]:
 
 
 def prng_section(result: dict) -> list[str]:
-    lines = [
+    lines = _table_head(
         "**Random numbers** (`benchmarks/prng.py`): millions of numbers per second for one "
         "population-sized draw, written to memory or summed in the same program (as a strategy "
-        "consumes it), and the ratio to `jax.random` with its default Threefry key. "
-        + _context(result),
-        "",
-        "| generator | rows × dim | written (M/s) | × default | fused (M/s) | × default |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
+        "consumes it), and the ratio to `jax.random` with its default Threefry key. ",
+        result,
+        ["generator", "rows × dim", "written (M/s)", "× default", "fused (M/s)", "× default"],
+        text_columns=2,
+    )
     for row in result["rows"]:
         lines.append(
             f"| `{row['generator']}` | {row['rows']:,} × {row['dim']:,} | "
