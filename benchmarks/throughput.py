@@ -25,6 +25,7 @@ import optax
 from common import best_seconds, environment, write_result
 
 import esjax
+from esjax.strategies.cma_es import default_population_size
 
 # esjax options under which a strategy runs the same update as evosax's strategy of that name,
 # where its default differs (a grid row may name one as a fourth element).
@@ -90,13 +91,6 @@ NOTES = {
         "velocities (esjax draws both in a box) and replaces a personal best on a tie."
     ),
 }
-
-
-def _default_population(num_dims: int) -> int:
-    # Hansen (2016), eq. 48: λ = 4 + ⌊3 ln n⌋ — the default both libraries use for CMA-ES.
-    import math
-
-    return 4 + int(3 * math.log(num_dims))
 
 
 def esjax_loop(
@@ -234,7 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         options = options[0] if options else None
         label = f"{name} (same as evosax)" if options else name
-        population_size = population_size or _default_population(num_dims)
+        # None: CMA-ES's default λ = 4 + ⌊3 ln n⌋, which evosax uses too.
+        population_size = population_size or default_population_size(num_dims)
         row = {"strategy": label, "population_size": population_size, "num_dims": num_dims}
         if options:
             row["esjax_options"] = options

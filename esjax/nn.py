@@ -353,34 +353,6 @@ def evaluate_classifier(
     return {"loss": cross_entropy(outputs, labels), "accuracy": accuracy(outputs, labels)}
 
 
-__all__ = [
-    "ACTIVATIONS",
-    "LOSSES",
-    "MLP",
-    "RESIDUAL_LOSSES",
-    "FlaxModel",
-    "NnxMLP",
-    "accuracy",
-    "check_loss_kind",
-    "cross_entropy",
-    "dataset_fitness",
-    "evaluate_classifier",
-    "from_linen",
-    "from_nnx",
-    "get_activation",
-    "get_loss",
-    "minibatch_indices",
-    "mlp",
-    "mse",
-    "output_residual",
-    "population_apply",
-    "population_fitness",
-    "softmax_residual",
-    "step",
-    "step_straight_through",
-]
-
-
 def population_apply(
     model: FlaxModel,
     population: jax.Array,
@@ -442,3 +414,31 @@ def population_apply(
     if population_chunk is None or population_chunk >= population.shape[0]:
         return jax.vmap(member)(population)
     return jax.lax.map(member, population, batch_size=population_chunk)
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "LOSSES",
+    "MLP",
+    "RESIDUAL_LOSSES",
+    "FlaxModel",
+    "NnxMLP",
+    "accuracy",
+    "check_loss_kind",
+    "cross_entropy",
+    "dataset_fitness",
+    "evaluate_classifier",
+    "from_linen",
+    "from_nnx",
+    "get_activation",
+    "get_loss",
+    "minibatch_indices",
+    "mlp",
+    "mse",
+    "output_residual",
+    "population_apply",
+    "population_fitness",
+    "softmax_residual",
+    "step",
+    "step_straight_through",
+]

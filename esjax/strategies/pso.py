@@ -176,7 +176,7 @@ def swarm_draws(
     """
     if coefficients not in COEFFICIENTS:
         raise ValueError(f"coefficients must be one of {COEFFICIENTS}, got {coefficients!r}")
-    uint, _, _ = float_bits_type(dtype)
+    uint, wide, _ = float_bits_type(dtype)
     coefficient_key, direction_key, radius_key = jax.random.split(key, 3)
     shape = (population_size, num_dims)
     coefficient_shape = shape if coefficients == "per_dimension" else (population_size, 1)
@@ -191,7 +191,6 @@ def swarm_draws(
     # erf⁻¹(s) for s ~ U(-1, 1) is N(0, 1/2) (the normal's inverse CDF up to √2, which the
     # direction does not see); erf⁻¹ is cheaper than ndtri.
     # (In float32 or float64, then cast: a bfloat16 s would round to ±1 and z to ±inf.)
-    _, wide, _ = float_bits_type(dtype)
     z = jax.lax.erf_inv(symmetric_from_bits(bits_z, wide)).astype(dtype)
     rho = jax.random.uniform(radius_key, (population_size,), dtype)
     return uniform_from_bits(bits_u1, dtype), uniform_from_bits(bits_u2, dtype), z, rho
