@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -516,9 +515,10 @@ def run_method(
         if checkpoint_every is not None and saved_at[0] != result.steps:
             save(result.state, result.history, result.compile_seconds)  # stopped at the target
         method_dir.mkdir(parents=True, exist_ok=True)
-        temporary = method_dir / f".{METHOD_SUMMARY_FILE}.tmp"
-        temporary.write_text(json.dumps({**summary, "fingerprint": fingerprint}) + "\n")
-        os.replace(temporary, method_dir / METHOD_SUMMARY_FILE)
+        report.replace_text(
+            method_dir / METHOD_SUMMARY_FILE,
+            json.dumps({**summary, "fingerprint": fingerprint}) + "\n",
+        )
     return summary
 
 

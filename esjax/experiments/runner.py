@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sys
@@ -15,6 +16,7 @@ import numpy as np
 
 from esjax import checkpoint
 from esjax.base import Strategy, StrategyState
+from esjax.experiments import report
 from esjax.experiments.config import ExperimentConfig, build_strategy, config_to_dict
 from esjax.experiments.setup import build_problem
 from esjax.loop import run
@@ -66,10 +68,9 @@ def trim_metrics_csv(path: Path, generation: int) -> None:
     for row in rows[1:]:
         if len(row) == len(header) and int(float(row[column])) <= generation:
             kept.append(row)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", newline="") as handle:
-        csv.writer(handle).writerows(kept)
-    os.replace(temporary, path)
+    text = io.StringIO()
+    csv.writer(text).writerows(kept)
+    report.replace_text(path, text.getvalue())
 
 
 def load_resume_state(
