@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import importlib.util
 import os
 from pathlib import Path
@@ -34,8 +35,7 @@ import yaml
 from common import environment, write_result
 
 import esjax
-from esjax.baselines import classifier_metrics, timed_run
-from esjax.experiments import report
+from esjax.baselines import classifier_metrics
 from esjax.experiments.compare import build_method, load_task, parse_comparison, run_method
 from esjax.experiments.config import build_optimizer
 from esjax.loop import evaluate_population
@@ -61,10 +61,8 @@ def benchmark_config(eval_every: int) -> dict:
 
 
 def run_evosax_open_es(openai_es_method, dataset, config) -> dict:
-    """evosax's ``Open_ES`` with the settings of esjax's ``openai_es`` method, measured alike.
-
-    Returns a summary with the keys :func:`run_method` returns (minus file outputs).
-    """
+    """evosax's ``Open_ES`` with the settings of esjax's ``openai_es`` method, measured alike:
+    :func:`run_method` trains it in place of the method's own step function and state."""
     from evosax.algorithms import Open_ES
     from evosax.core.fitness_shaping import centered_rank_fitness_shaping_fn
 
@@ -89,7 +87,6 @@ def run_evosax_open_es(openai_es_method, dataset, config) -> dict:
         fitness_shaping_fn=centered_rank_fitness_shaping_fn,
     )
     params = es.default_params
-    seed_key = jax.random.key(config.seed)
 
     def generation(key, state):
         # esjax.loop.make_generation's split: the batch key equals esjax's and Adam's.
@@ -99,35 +96,31 @@ def run_evosax_open_es(openai_es_method, dataset, config) -> dict:
         state, _ = es.tell(ask_key, population, losses, state, params)
         return state, {}
 
-    result = timed_run(
-        generation,
-        es.init(jax.random.fold_in(seed_key, 1), model.x0, params),
-        jax.random.fold_in(seed_key, 2),
-        openai_es_method.steps,
+    evosax_setup = setup._replace(
+        step_fn=generation,
+        # run_method's strategies start from fold_in(seed key, 1) too.
+        state=es.init(jax.random.fold_in(jax.random.key(config.seed), 1), model.x0, params),
         counter=lambda state: state.generation_counter,
         evaluate=lambda state: metrics(model.spec.unflatten(state.mean)),
-        eval_every=openai_es_method.eval_every,
-        forward_passes_per_step=setup.forward_passes_per_step,
-        stop=lambda row: row["test_accuracy"] >= config.target_accuracy,
-        progress=False,
+        description=f"evosax Open_ES, population {es.population_size}",
     )
-    final = result.history[-1]
-    return {
-        "label": EVOSAX_LABEL,
-        "kind": "gradient-free",
-        "description": f"evosax Open_ES, population {es.population_size}",
-        "num_params": model.num_params,
-        "batch_size": setup.examples_per_step,
-        "steps": result.steps,
-        "forward_passes_per_step": setup.forward_passes_per_step,
-        "forward_passes": final["forward_passes"],
-        "wall_clock_s": final["wall_clock_s"],
-        "compile_s": result.compile_seconds,
-        "final_test_accuracy": final["test_accuracy"],
-        "best_test_accuracy": max(row["test_accuracy"] for row in result.history),
-        "target": report.time_to_target(result.history, config.target_accuracy),
-        "history": result.history,
-    }
+    return _run(
+        dataclasses.replace(openai_es_method, label=EVOSAX_LABEL), dataset, config, evosax_setup
+    )
+
+
+def _run(method, dataset, config, setup=None) -> dict:
+    """:func:`run_method` as every row of this benchmark runs it: stop at the target, no files."""
+    return run_method(
+        method,
+        dataset,
+        config.model,
+        config.seed,
+        target_accuracy=config.target_accuracy,
+        stop_at_target=True,
+        progress=False,
+        setup=setup,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -150,18 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     summaries = []
     for method in config.methods:
         if wanted is None or method.label in wanted:
-            summary = _fastest(
-                args.repeats,
-                lambda method=method: run_method(
-                    method,
-                    dataset,
-                    config.model,
-                    config.seed,
-                    target_accuracy=config.target_accuracy,
-                    stop_at_target=True,
-                    progress=False,
-                ),
-            )
+            summary = _fastest(args.repeats, lambda method=method: _run(method, dataset, config))
             summaries.append(_row("esjax", summary))
             _print_row(summaries[-1])
         if method.label == "openai_es" and (wanted is None or EVOSAX_LABEL in wanted):

@@ -113,6 +113,34 @@ def test_resumed_comparison_equals_the_uninterrupted_one(straight_and_resumed):
         chex.assert_trees_all_equal(*final)
 
 
+def test_run_method_trains_a_given_setup_alike(straight_and_resumed):
+    # A replaced setup (benchmarks/train.py passes evosax's step function this way) is trained,
+    # evaluated and counted as the method itself: the method's own setup reproduces the
+    # comparison's rows, and another initial state, under another description, changes them.
+    config, _, straight, *_ = straight_and_resumed
+    adam = config.methods[1]
+    dataset = compare.load_task(config.task)
+    own = compare.build_method(adam, dataset, config.model, config.seed)
+    other_start = compare.build_method(adam, dataset, config.model, config.seed + 1).state
+
+    def run(setup):
+        return compare.run_method(
+            adam,
+            dataset,
+            config.model,
+            config.seed,
+            target_accuracy=config.target_accuracy,
+            progress=False,
+            setup=setup,
+        )
+
+    expected = _without_clock(straight["methods"][1]["history"])
+    assert _without_clock(run(own)["history"]) == expected
+    replaced = run(own._replace(state=other_start, description="replaced"))
+    assert replaced["description"] == "replaced" and replaced["steps"] == STEPS
+    assert _without_clock(replaced["history"]) != expected
+
+
 def test_resume_refuses_a_changed_config(straight_and_resumed, tmp_path):
     config, straight_dir, *_ = straight_and_resumed
     changed = compare.parse_comparison({**RAW, "seed": 4})

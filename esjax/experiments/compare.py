@@ -427,8 +427,14 @@ def run_method(
     checkpoint_every: int | None = None,
     resume: bool = False,
     task: dict | None = None,
+    setup: MethodSetup | None = None,
 ) -> dict:
     """Train one method and return its summary (with ``history``: the evaluation rows).
+
+    ``setup`` replaces :func:`build_method`'s model, step function and initial state, e.g. with
+    another library's strategy on this method's model, so that it is trained, timed, evaluated and
+    counted exactly as the method would be (a resume then checks the method's config, not the
+    replaced step function).
 
     With ``method_dir``, the finished method's summary is written to ``<method_dir>/summary.json``
     and, with ``checkpoint_every = K``, its state and history to ``<method_dir>/checkpoint.msgpack``
@@ -444,7 +450,8 @@ def run_method(
         checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
         if method_dir is None:
             raise ValueError("checkpoint_every needs a method_dir to write checkpoints to")
-    setup = build_method(method, dataset, model_section, seed)
+    if setup is None:
+        setup = build_method(method, dataset, model_section, seed)
     stop = (lambda row: row["test_accuracy"] >= target_accuracy) if stop_at_target else None
     method_dir = None if method_dir is None else Path(method_dir)
     fingerprint = _method_fingerprint(
