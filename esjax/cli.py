@@ -57,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _launch(args: argparse.Namespace) -> int:
-    from esjax.distributed import launch
+    from esjax.distributed import exit_code, launch
 
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     if not command:
@@ -67,7 +67,7 @@ def _launch(args: argparse.Namespace) -> int:
     except TimeoutError as error:
         print(f"esjax: error: {error}", file=sys.stderr)
         return 124
-    return max(abs(result.returncode) for result in results)
+    return exit_code(results)
 
 
 def build_parser() -> argparse.ArgumentParser:

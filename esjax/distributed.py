@@ -399,11 +399,32 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class LaunchedProcess(NamedTuple):
-    """Exit code and captured output (``None`` when not captured) of one launched process."""
+    """Exit code and captured output (``None`` when not captured) of one launched process.
+
+    ``killed`` is True when the launcher stopped the process (a peer failed or the run timed
+    out): its ``returncode`` (``-9``) is then the launcher's doing, not the process's own.
+    ``finish_order`` ranks the processes by when they were seen to exit on their own (0 first;
+    killed processes come last).
+    """
 
     returncode: int
     stdout: str | None
     stderr: str | None
+    killed: bool = False
+    finish_order: int = 0
+
+
+def exit_code(results: Sequence[LaunchedProcess]) -> int:
+    """The exit code of a launched run: the first failing process's own code, else 0.
+
+    A process the launcher killed after a peer failed reports ``-9``; that code says nothing
+    about the run, so it is used only when no process failed on its own (a timeout).
+    """
+    failed = sorted(
+        (result for result in results if result.returncode != 0),
+        key=lambda result: (result.killed, result.finish_order),
+    )
+    return abs(failed[0].returncode) if failed else 0
 
 
 def launch(
@@ -434,6 +455,8 @@ def launch(
     timed_out = False
     outputs = []
     processes = []
+    finished: list[int] = []  # ranks in the order they were seen to exit on their own
+    killed: set[int] = set()
     try:
         for rank in range(num_processes):
             rank_env = {
@@ -456,21 +479,35 @@ def launch(
                     stderr=streams[1] if streams else None,
                 )
             )
-        while any(process.poll() is None for process in processes):
-            if any(process.poll() not in (None, 0) for process in processes):
+        while True:
+            for rank, process in enumerate(processes):
+                if rank not in finished and process.poll() is not None:
+                    finished.append(rank)
+            if len(finished) == len(processes):
+                break
+            if any(processes[rank].returncode != 0 for rank in finished):
                 break  # a peer failed: the rest would wait for it until their own timeouts
             if deadline is not None and time.monotonic() > deadline:
                 timed_out = True
                 break
             time.sleep(0.05)
     finally:
-        for process in processes:
+        for rank, process in enumerate(processes):
             if process.poll() is None:
                 process.kill()
+                killed.add(rank)
+            elif rank not in finished:
+                finished.append(rank)  # exited on its own between the last poll and now
             process.wait()
+    order = {rank: position for position, rank in enumerate(finished)}
     results = [
-        LaunchedProcess(process.returncode, *_read_streams(streams))
-        for process, streams in zip(processes, outputs, strict=True)
+        LaunchedProcess(
+            process.returncode,
+            *_read_streams(streams),
+            killed=rank in killed,
+            finish_order=order.get(rank, len(processes)),
+        )
+        for rank, (process, streams) in enumerate(zip(processes, outputs, strict=True))
     ]
     if timed_out:
         tails = "".join(

@@ -342,6 +342,26 @@ def test_cli_launch_runs_the_command_per_process(tmp_path):
     assert len(told) == 1 and re.fullmatch(r"2 127\.0\.0\.1:\d+", told.pop())
     failing = main(["launch", "-n", "2", "--", sys.executable, "-c", "raise SystemExit(5)"])
     assert failing == 5
+    # Rank 1 fails at once, rank 0 would run for a minute: the launcher kills rank 0 (-9) and
+    # must report rank 1's own code, not the kill.
+    fails_first = "import os, sys, time; r = os.environ['ESJAX_PROCESS_ID']; " + (
+        "sys.exit(7) if r == '1' else time.sleep(60)"
+    )
+    assert main(["launch", "-n", "2", "--", sys.executable, "-c", fails_first]) == 7
+
+
+def test_launch_exit_code_is_the_first_failure_not_a_kill():
+    from esjax.distributed import LaunchedProcess, exit_code
+
+    # Both exit 5, but the launcher saw rank 0 first and killed rank 1 before it exited:
+    # the race of issue 16, which reported 9.
+    raced = [LaunchedProcess(5, None, None, False, 0), LaunchedProcess(-9, None, None, True, 2)]
+    assert exit_code(raced) == 5
+    order = [LaunchedProcess(3, None, None, False, 1), LaunchedProcess(4, None, None, False, 0)]
+    assert exit_code(order) == 4  # rank 1 exited first
+    assert exit_code([LaunchedProcess(0, None, None), LaunchedProcess(0, None, None)]) == 0
+    timed_out = [LaunchedProcess(-9, None, None, True, 2), LaunchedProcess(0, None, None, False, 0)]
+    assert exit_code(timed_out) == 9
 
 
 def test_cli_run_distributed_over_two_processes_matches_one_process(tmp_path):

@@ -37,6 +37,19 @@ def test_population_shape_and_tell_preserves_structure(case, key):
     chex.assert_tree_all_finite(told)
 
 
+def _well_defined(state):
+    """``state`` with eigenvector matrices replaced by the matrix they reconstruct.
+
+    Eigenvectors are fixed only up to sign and rotation within (nearly) equal eigenvalues, and
+    jit and eager runs may return different ones (2e-5 relative apart was seen for CMA-ES);
+    ``B D² Bᵀ`` and the eigenvalues ``D`` are what the state actually means.
+    """
+    if not hasattr(state, "eigenvectors"):
+        return state
+    basis, lengths = state.eigenvectors, state.axis_lengths
+    return state.replace(eigenvectors=(basis * lengths**2) @ basis.T)
+
+
 def test_jit_equals_eager_and_no_retrace(case, key):
     _, factory, _, _ = case
     chex.clear_trace_counter()  # chex counts traces per source location, across parametrised rows
@@ -55,7 +68,7 @@ def test_jit_equals_eager_and_no_retrace(case, key):
     eager = es.tell(eager, population, sphere(population))
     population, eager = es.ask(jax.random.fold_in(key, 1), eager)
     eager = es.tell(eager, population, sphere(population))
-    chex.assert_trees_all_close(jitted, eager, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(_well_defined(jitted), _well_defined(eager), rtol=1e-5, atol=1e-6)
 
 
 def test_eval_shape_and_vmap_over_keys(case, key):
