@@ -5,9 +5,10 @@ Every strategy minimises. See the README for the ask/tell loop and ``esjax.run``
 """
 
 from esjax import baselines, checkpoint, distributed, nn, problems, restarts, shaping, tasks
-from esjax.base import Strategy, StrategyState
+from esjax.base import Capabilities, Decomposition, Strategy, StrategyState, make_strategy
+from esjax.driver import evolve, run, step
 from esjax.flatten import FlatSpec, flatten
-from esjax.loop import evaluate_population, run, step
+from esjax.loop import evaluate_population
 from esjax.restarts import ipop
 from esjax.strategies import (
     STRATEGIES,
@@ -20,10 +21,12 @@ from esjax.strategies import (
     simulated_annealing,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "STRATEGIES",
+    "Capabilities",
+    "Decomposition",
     "FlatSpec",
     "Strategy",
     "StrategyState",
@@ -33,9 +36,11 @@ __all__ = [
     "distributed",
     "eki",
     "evaluate_population",
+    "evolve",
     "flatten",
     "get_strategy",
     "ipop",
+    "make_strategy",
     "nn",
     "openai_es",
     "problems",

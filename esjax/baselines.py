@@ -286,3 +286,16 @@ def train_optax(
         progress=progress,
         description=trainer.name,
     )
+
+
+__all__ = [
+    "BACKWARD_COST_IN_FORWARDS",
+    "GradientState",
+    "GradientTrainer",
+    "PyTree",
+    "TimedRun",
+    "classifier_metrics",
+    "optax_trainer",
+    "timed_run",
+    "train_optax",
+]

@@ -401,3 +401,16 @@ def _restore_leaf(path: Path, name: tuple, template: Any, value: Any, key_impls:
     if isinstance(template, jax.Array) or sharding is not None:
         return jax.device_put(value, sharding)
     return jnp.asarray(value)
+
+
+__all__ = [
+    "CheckpointError",
+    "CorruptCheckpointError",
+    "FORMAT_VERSION",
+    "MAGIC",
+    "intact_header",
+    "load",
+    "previous_path",
+    "read_header",
+    "save",
+]

@@ -10,13 +10,13 @@ is replicated. Each device evaluates its own slice of the population and only th
 (``population_size`` scalars) are all-gathered. Results do not depend on the device count: an
 8-device run reproduces the 1-device run to float32 rounding.
 
-**OpenAI-ES: only fitness moves.** Member ``i``'s noise is a function of ``(key, i)`` alone
-(:func:`esjax.strategies.openai_es.perturbations`), so each device generates exactly its own
-members — the shared-seed idea of Salimans et al. (2017, arXiv:1703.03864) without a noise
-table. After the fitness all-gather every device computes the same shaped weights ``u``, forms
-its partial sum ``Σ_{i local} u_i (x_i - θ)`` and one ``psum`` of a ``(2, num_dims)`` array (that
-sum and the best local member) replaces any gather of the population. The update itself is the
-strategy's own (:class:`~esjax.strategies.openai_es.OpenAIESUpdate`), shared with ``tell``.
+**Declared decompositions: only fitness moves.** A strategy that declares a
+:class:`~esjax.base.Decomposition` (OpenAI-ES, sep-CMA-ES) generates member ``i`` from
+``(key, i)`` alone, so each device samples exactly its own members — the shared-seed idea of
+Salimans et al. (2017, arXiv:1703.03864) without a noise table. After the all-gather of the
+fitness (and any declared per-member scalars) every device computes the same weights, sums its
+own members' statistics, and one ``psum`` of that sum replaces any gather of the population; the
+best member is rebuilt from ``(key, i)``. Nothing here knows which strategy it runs.
 
 **Other strategies** (CMA-ES, PSO, SA, ...) take the generic path: the whole generation runs
 inside ``shard_map`` with the state replicated, so every device runs ``ask`` and ``tell`` exactly
@@ -69,6 +69,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -79,21 +80,28 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from esjax import shaping
-from esjax.base import Strategy, StrategyState, check_fitness, update_best
-from esjax.loop import FitnessFn, evaluate_population, generation_metrics, make_generation
-from esjax.strategies.openai_es import (
-    OpenAIESUpdate,
-    perturbations,
-    update_rule,
-    weighted_deviation_sum,
+from esjax.base import (
+    Strategy,
+    StrategyState,
+    check_fitness,
+    check_int,
+    mask_non_finite,
+    member_weights,
+    record,
+)
+from esjax.loop import (
+    FitnessFn,
+    Generation,
+    evaluate_population,
+    generation_metrics,
+    halting,
+    make_generation,
 )
 
 AXIS_NAME = "population"
 ENV_COORDINATOR_ADDRESS = "ESJAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "ESJAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "ESJAX_PROCESS_ID"
-
-Generation = Callable[[jax.Array, StrategyState], tuple[StrategyState, dict]]
 
 
 def make_mesh(
@@ -218,15 +226,16 @@ def shard_evaluate(mesh: Mesh) -> Callable[..., jax.Array]:
     return evaluate
 
 
-def _openai_es_generation(
+def _decomposed_generation(
     es: Strategy,
-    rule: OpenAIESUpdate,
     fitness_fn: FitnessFn,
     mesh: Mesh,
     batch_size: int | None,
     fitness_takes_key: bool,
 ) -> Generation:
-    """OpenAI-ES generation in which the population never leaves the device that made it."""
+    """A generation of a strategy that declares a :class:`~esjax.base.Decomposition`: each
+    device samples, evaluates and sums over its own members; the population never moves."""
+    decomposition = es.capabilities.decomposition
     axis = mesh_axis(mesh)
     population_size = es.population_size
     per_device = padded_size(population_size, mesh.size) // mesh.size
@@ -235,36 +244,33 @@ def _openai_es_generation(
     def local(ask_key, eval_key, state):
         indices = jax.lax.axis_index(axis) * per_device + jnp.arange(per_device)
         # Padding rows (indices >= n) regenerate the last member; their weight is zero below.
-        noise = perturbations(
-            ask_key,
-            jnp.minimum(indices, population_size - 1),
-            state.num_dims,
-            population_size,
-            rule.antithetic,
-            state.mean.dtype,
-        )
-        members = state.mean + state.sigma * noise
+        members = decomposition.sample(ask_key, state, jnp.minimum(indices, population_size - 1))
         fitness = evaluate_population(
             fitness_fn, members, state.spec, key=eval_key, batch_size=batch_size
         )
-        squared_norms = jnp.sum(jnp.square(members), axis=-1)
-        gathered = jax.lax.all_gather((fitness, squared_norms), axis, tiled=True, to="invarying")
-        fitness, squared_norms = (values[:population_size] for values in gathered)
-        fitness = check_fitness(fitness, population_size)
-        weights = rule.weights(state, fitness, squared_norms)
-        local_weights = jnp.concatenate([weights, jnp.zeros(padding, weights.dtype)])[indices]
-        best = jnp.argmin(shaping.sanitize(fitness))
-        partial = jnp.stack(
-            [
-                weighted_deviation_sum(local_weights, members, state.mean),
-                jnp.sum(jnp.where((indices == best)[:, None], members, 0.0), axis=0),
-            ]
+        fitness = check_fitness(fitness, per_device)
+        members, fitness, rows_finite = mask_non_finite(state, members, fitness)
+        if decomposition.scalars is None:
+            scalars = jnp.zeros(per_device, members.dtype)
+        else:
+            scalars = decomposition.scalars(state, members)
+        gathered = jax.lax.all_gather(
+            (fitness, scalars, rows_finite), axis, tiled=True, to="invarying"
         )
-        # The only reduction over members: a (2, num_dims) all-reduce, whatever the population.
-        weighted_sum, best_member = jax.lax.psum(partial, axis)
-        told = rule.apply_gradient(state, weighted_sum)
-        told = told.replace(**update_best(state, best_member[None], fitness[best][None]))
-        return told, fitness
+        fitness, scalars, all_rows_finite = (values[:population_size] for values in gathered)
+        if decomposition.scalars is None:
+            scalars = None
+        weights = member_weights(decomposition, state, fitness, scalars, all_rows_finite)
+        local_weights = jnp.concatenate([weights, jnp.zeros(padding, weights.dtype)])[indices]
+        # The only reduction over members: one sum of per-member statistics across devices.
+        totals = jax.lax.psum(decomposition.statistics(state, members, local_weights), axis)
+        told = decomposition.apply(state, totals, fitness)
+        # The best member is rebuilt from (key, i), not gathered.
+        best = jnp.argmin(shaping.sanitize(fitness))
+        best_member = decomposition.sample(ask_key, state, best[None])
+        best_member = jnp.where(all_rows_finite[best], best_member, state.best_solution)
+        evaluations = es.capabilities.evaluations_per_generation
+        return record(state, told, best_member, fitness[best][None], evaluations), fitness
 
     sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P()), out_specs=(P(), P()))
 
@@ -273,7 +279,7 @@ def _openai_es_generation(
         state, fitness = sharded(ask_key, eval_key if fitness_takes_key else None, state)
         return state, generation_metrics(es, state, fitness)
 
-    return generation
+    return halting(es, generation)
 
 
 def make_sharded_generation(
@@ -288,13 +294,16 @@ def make_sharded_generation(
     """The un-jitted sharded generation ``(key, state) -> (state, metrics)``.
 
     Same key use and results as :func:`esjax.loop.make_generation`; ``state`` must be replicated
-    on ``mesh`` (:func:`replicate`). For OpenAI-ES (when ``reduce_locally``) the population
-    stays on its devices and the gradient is ``psum``-reduced; any other strategy runs ``ask``
-    and ``tell`` replicated with sharded evaluation.
+    on ``mesh`` (:func:`replicate`). A strategy that declares a
+    :class:`~esjax.base.Decomposition` (when ``reduce_locally``) keeps its population on the
+    devices that sampled it and reduces one sum; any other strategy runs ``ask`` and ``tell``
+    replicated with sharded evaluation. ``esjax.step``, ``esjax.evolve`` and ``esjax.run`` with
+    ``mesh=`` are the public doors to this.
     """
-    rule = update_rule(es) if reduce_locally else None
-    if rule is not None:
-        return _openai_es_generation(es, rule, fitness_fn, mesh, batch_size, fitness_takes_key)
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size, 1)
+    if reduce_locally and es.capabilities.decomposition is not None:
+        return _decomposed_generation(es, fitness_fn, mesh, batch_size, fitness_takes_key)
     axis = mesh_axis(mesh)
     generation = make_generation(
         es,
@@ -318,11 +327,13 @@ def sharded_step(
     fitness_takes_key: bool = False,
     jit: bool = True,
 ) -> Generation:
-    """A compiled sharded generation ``step(key, state) -> (state, metrics)``.
-
-    ``key`` and ``state`` are replicated on ``mesh`` first (a no-op when they already are), so
-    the state a previous call returned is passed straight back in.
-    """
+    """Deprecated (0.2.0): ``esjax.step(es, fitness_fn, mesh=mesh)`` is the same function."""
+    warnings.warn(
+        "esjax.distributed.sharded_step is deprecated and goes in 0.3; use "
+        "esjax.step(es, fitness_fn, mesh=mesh)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     generation = make_sharded_generation(
         es, fitness_fn, mesh, batch_size=batch_size, fitness_takes_key=fitness_takes_key
     )
@@ -528,3 +539,23 @@ def _read_streams(streams) -> tuple[str | None, str | None]:
         texts.append(stream.read().decode(errors="replace"))
         stream.close()
     return texts[0], texts[1]
+
+
+__all__ = [
+    "AXIS_NAME",
+    "ENV_COORDINATOR_ADDRESS",
+    "ENV_NUM_PROCESSES",
+    "ENV_PROCESS_ID",
+    "LaunchedProcess",
+    "exit_code",
+    "free_port",
+    "initialize",
+    "launch",
+    "make_mesh",
+    "make_sharded_generation",
+    "mesh_axis",
+    "padded_size",
+    "replicate",
+    "shard_evaluate",
+    "sharded_step",
+]

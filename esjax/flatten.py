@@ -90,11 +90,44 @@ def flatten(tree: PyTree, dtype: Any = None) -> tuple[jax.Array, FlatSpec]:
     return vector, spec
 
 
+def search_dtype(x0: PyTree) -> Any:
+    """The dtype a strategy searches ``x0`` in: its leaves' common floating type, at least
+    float32 (float16/bfloat16 leaves are searched in float32 and handed back in their own dtype).
+
+    Integer and bool leaves are refused (TypeError naming the leaf): a real-valued search whose
+    members are cast back to integers for the fitness function would silently stall.
+    """
+    leaves = jax.tree_util.tree_leaves_with_path(x0)
+    if not leaves:
+        raise ValueError("x0 must contain at least one array leaf, got an empty pytree")
+    for path, leaf in leaves:
+        dtype = jnp.asarray(leaf).dtype
+        if not jnp.issubdtype(dtype, jnp.floating):
+            where = jax.tree_util.keystr(path) or "x0"
+            raise TypeError(
+                f"x0 leaf {where} has dtype {dtype}: strategies search real values, so every "
+                f"leaf must be floating (e.g. x0.astype(jnp.float32)); an integer parameter "
+                f"searched as a float and rounded back would stall"
+            )
+    dtype = jnp.result_type(*[jnp.asarray(leaf).dtype for _, leaf in leaves])
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def flatten_x0(x0: PyTree) -> tuple[jax.Array, FlatSpec]:
-    """Flatten an initial solution and reject NaN/inf entries when they are concrete."""
-    vector, spec = flatten(x0)
+    """Flatten an initial solution in its :func:`search_dtype` and reject NaN/inf entries when
+    they are concrete."""
+    vector, spec = flatten(x0, search_dtype(x0))
     if spec.num_dims < 1:
         raise ValueError("x0 must have at least one entry (num_dims >= 1)")
     if not isinstance(vector, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(vector))):
         raise ValueError("x0 must be finite: it contains NaN or inf entries")
     return vector, spec
+
+
+__all__ = [
+    "FlatSpec",
+    "PyTree",
+    "flatten",
+    "flatten_x0",
+    "search_dtype",
+]

@@ -1,8 +1,8 @@
-"""Driving a strategy: population evaluation, the jitted ``step`` and the scanned ``run``.
+"""Generations: population evaluation, one ask → evaluate → tell generation, and scans of them.
 
-``step(es, fitness_fn)`` builds one generation, ask → evaluate → tell, as a jitted
-``(key, state) -> (state, metrics)``; ``run`` repeats it with ``lax.scan`` in chunks so a
-progress bar (or a checkpoint callback) can see the run between chunks.
+This module knows generations and evaluators, nothing about devices: :mod:`esjax.distributed`
+builds sharded generations on top of it, and the public entry points ``esjax.step``,
+``esjax.evolve`` and ``esjax.run`` (:mod:`esjax.driver`) pick one or the other.
 
 ``fitness_fn`` scores **one** member, given in the shape of ``x0`` (a flat vector or the Flax
 params pytree), and returns a scalar to minimise; the loop vmaps it over the population, or maps
@@ -17,16 +17,15 @@ generation ``g`` continues exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from esjax.base import Strategy, StrategyState, check_int
 from esjax.flatten import FlatSpec
+
+Generation = Callable[[jax.Array, StrategyState], tuple[StrategyState, dict]]
 
 FitnessFn = Callable[..., jax.Array]
 
@@ -58,10 +57,13 @@ def evaluate_population(
     return jax.lax.map(one, population, batch_size=batch_size)
 
 
-def generation_metrics(es: Strategy, state: StrategyState, fitness: jax.Array) -> dict:
-    """Small per-generation diagnostics: scalars only, never parameter-sized arrays."""
+def generation_metrics(es: Strategy, state: StrategyState, fitness: jax.Array | None) -> dict:
+    """Small per-generation diagnostics: scalars only, never parameter-sized arrays.
+
+    ``fitness=None`` gives only the state's own entries (generation, best, ``es.info``).
+    """
     metrics = {"generation": state.generation, "best_fitness": state.best_fitness}
-    if fitness.ndim == 1:
+    if fitness is not None and fitness.ndim == 1:
         finite = jnp.isfinite(fitness)
         count = jnp.sum(finite)
         metrics.update(
@@ -104,51 +106,30 @@ def make_generation(
         state = es.tell(state, population, fitness)
         return state, generation_metrics(es, state, fitness)
 
-    return generation
+    return halting(es, generation)
 
 
-def step(
-    es: Strategy,
-    fitness_fn: FitnessFn,
-    *,
-    batch_size: int | None = None,
-    fitness_takes_key: bool = False,
-    jit: bool = True,
-    mesh: jax.sharding.Mesh | None = None,
-) -> Callable[[jax.Array, StrategyState], tuple[StrategyState, dict]]:
-    """A compiled generation: ``step(key, state) -> (state, metrics)``.
+def halting(es: Strategy, generation: Generation) -> Generation:
+    """``generation`` that leaves the state unchanged once the strategy's termination signal is
+    on, flagging that in the metrics (``terminated``); strategies that declare no termination
+    signal are returned as they are.
 
-    Args:
-      es: the strategy.
-      fitness_fn: scores one member (shaped like ``x0``); minimised.
-      batch_size: evaluate the population this many members at a time (``lax.map``).
-      fitness_takes_key: call ``fitness_fn(member, key)`` with a per-generation key.
-      jit: compile with ``jax.jit`` (turn off to debug with prints).
-      mesh: a 1-D ``jax.sharding.Mesh`` (``esjax.distributed.make_mesh()``) to shard the
-        population over its devices; results match the unsharded step to float32 rounding.
-
-    Example:
-      >>> step_fn = esjax.step(es, esjax.problems.sphere)
-      >>> state, metrics = step_fn(jax.random.key(1), state)
+    The generation still runs (a scan has a fixed length); only its result is discarded.
     """
-    if mesh is not None:
-        from esjax import distributed  # imports this module
+    if es.capabilities.termination is None:
+        return generation
 
-        return distributed.sharded_step(
-            es,
-            fitness_fn,
-            mesh,
-            batch_size=batch_size,
-            fitness_takes_key=fitness_takes_key,
-            jit=jit,
-        )
-    generation = make_generation(
-        es, fitness_fn, batch_size=batch_size, fitness_takes_key=fitness_takes_key
-    )
-    return jax.jit(generation) if jit else generation
+    def halted(key: jax.Array, state: StrategyState) -> tuple[StrategyState, dict]:
+        stopped = es.terminated(state)
+        told, metrics = generation(key, state)
+        state = jax.tree_util.tree_map(lambda old, new: jnp.where(stopped, old, new), state, told)
+        metrics = {**metrics, **generation_metrics(es, state, None), "terminated": stopped}
+        return state, metrics
+
+    return halted
 
 
-def scan_generations(generation: Callable, key: jax.Array, num_generations: int) -> Callable:
+def scan_generations(generation: Generation, key: jax.Array, num_generations: int) -> Callable:
     """``state -> (state, stacked metrics)`` running ``num_generations`` via ``lax.scan``.
 
     Generation ``g`` gets ``fold_in(key, g)``, so the split into chunks never changes results.
@@ -163,87 +144,12 @@ def scan_generations(generation: Callable, key: jax.Array, num_generations: int)
     return scanned
 
 
-def _progress_bar(total: int, enabled: bool, description: str | None):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=description, leave=True, file=sys.stderr, dynamic_ncols=True)
-
-
-def run(
-    es: Strategy,
-    fitness_fn: FitnessFn,
-    key: jax.Array,
-    state: StrategyState,
-    num_generations: int,
-    *,
-    log_every: int | None = None,
-    batch_size: int | None = None,
-    fitness_takes_key: bool = False,
-    progress: bool = True,
-    description: str | None = None,
-    callback: Callable[[StrategyState, dict], Any] | None = None,
-    generation_fn: Callable | None = None,
-    mesh: jax.sharding.Mesh | None = None,
-) -> tuple[StrategyState, dict[str, np.ndarray]]:
-    """Run ``num_generations`` generations in jitted ``lax.scan`` chunks.
-
-    Args:
-      es, fitness_fn, batch_size, fitness_takes_key: as in :func:`step`.
-      key: the run's key; generation ``g`` uses ``fold_in(key, g)``.
-      state: the initial (or resumed) state.
-      num_generations: generations to run from ``state`` (>= 0).
-      log_every: generations per scanned chunk (default: ~20 chunks in total). The progress bar,
-        ``callback`` and early stopping act between chunks.
-      progress: show a tqdm bar (terminal or notebook); ``False`` for silence.
-      callback: ``callback(state, chunk_metrics)`` after each chunk; return ``True`` to stop early
-        (e.g. a restart criterion) — useful for checkpointing too.
-      generation_fn: a prebuilt ``(key, state) -> (state, metrics)`` (e.g. a sharded one from
-        ``esjax.distributed``) instead of building one from ``es`` and ``fitness_fn``.
-      mesh: a 1-D ``jax.sharding.Mesh`` (``esjax.distributed.make_mesh()``) to shard the
-        population over its devices (and processes); ``state`` is replicated on it.
-
-    Returns:
-      ``(state, metrics)`` where ``metrics`` maps names to NumPy arrays of length
-      generations-run (scalars per generation).
-    """
-    num_generations = check_int("num_generations", num_generations, 0)
-    if mesh is not None:
-        from esjax import distributed  # imports this module
-
-        state = distributed.replicate(state, mesh)
-        generation_fn = generation_fn or distributed.make_sharded_generation(
-            es, fitness_fn, mesh, batch_size=batch_size, fitness_takes_key=fitness_takes_key
-        )
-    if log_every is None:
-        log_every = max(1, -(-num_generations // 20))
-    log_every = check_int("log_every", log_every, 1)
-    generation = generation_fn or make_generation(
-        es, fitness_fn, batch_size=batch_size, fitness_takes_key=fitness_takes_key
-    )
-    compiled: dict[int, Callable] = {}
-    history: list[dict] = []
-    bar = _progress_bar(num_generations, progress, description or es.name)
-    done = 0
-    try:
-        while done < num_generations:
-            length = min(log_every, num_generations - done)
-            if length not in compiled:
-                compiled[length] = jax.jit(scan_generations(generation, key, length))
-            state, chunk = compiled[length](state)
-            chunk = jax.device_get(chunk)
-            history.append(chunk)
-            done += length
-            if bar is not None:
-                bar.update(length)
-                bar.set_postfix(best=f"{float(state.best_fitness):.4g}")
-            if callback is not None and callback(state, chunk):
-                break
-    finally:
-        if bar is not None:
-            bar.close()
-    if not history:
-        return state, {}
-    metrics = {name: np.concatenate([np.asarray(c[name]) for c in history]) for name in history[0]}
-    return state, metrics
+__all__ = [
+    "FitnessFn",
+    "Generation",
+    "evaluate_population",
+    "generation_metrics",
+    "halting",
+    "make_generation",
+    "scan_generations",
+]

@@ -2,10 +2,9 @@
 
 ``jax.random`` runs the same cipher (Threefry-2x32, 20 rounds), but on CPU its bit generator
 lowers to a loop that writes the whole array back to memory every four rounds, and its
-partitionable form keeps one of the two output words per block. For population-sized draws
-(hundreds of members × 10⁴-10⁶ dimensions) that is most of a generation's cost. Written with
-``jnp`` instead, XLA fuses the 20 rounds into one kernel and both output words are used: ~10×
-faster on a 2-core CPU for 7.7e6 words (3 × 256 × 10,000).
+partitionable form keeps one of the two output words per block. Written with ``jnp`` instead,
+XLA fuses the 20 rounds into one kernel and both output words are used (measured in
+``benchmarks/prng.py``).
 
 Every draw is a function of the key alone, and row ``i`` of a ``(rows, d)`` draw depends only on
 ``(key, i, d)``, so a larger population extends a smaller one and ``vmap`` over keys works as for
@@ -58,10 +57,7 @@ def random_bits(
 
     Threefry-2x32 in counter mode under two key words drawn from ``key``, written with ``jnp``
     so that XLA compiles it into fused kernels that use both output words of every block.
-    ``jax.random.bits`` runs the same cipher, but on CPU it lowers to a loop that writes the
-    whole array back to memory every four rounds and, in its partitionable form, keeps one
-    word per block. For 7.7e6 words (3 × 256 × 10,000) this is ~10x faster on a 2-core CPU
-    (~10 ms against ~110 ms). Row ``r`` of the flattened leading dimensions takes
+    Row ``r`` of the flattened leading dimensions takes
     block ``(r, j)`` (counter words ``(j, r)``) for column ``j`` and, in ``uint32``, its second
     word for column ``j + ⌈d / 2⌉``: no shape overflows the counter, and row ``r`` depends on
     ``(key, r, shape[-1])`` alone.
@@ -189,8 +185,38 @@ def standard_normal(
     return normal_from_bits(random_bits(key, shape, uint, rows), dtype)
 
 
+def member_bits(key: jax.Array, indices: jax.Array, width: int, dtype=jnp.float32) -> jax.Array:
+    """Random bits for the members ``indices``: ``(k, width)`` words (uint32, or uint64 for a
+    float64 ``dtype``), row ``j`` a function of ``(key, indices[j], width)`` alone.
+
+    The one place a strategy's per-member random numbers come from, so every device of a
+    sharded run can draw exactly its own members (and a larger population extends a smaller
+    one). :func:`member_normals` and :func:`member_uniforms` are built on it.
+    """
+    uint, _, _ = float_bits_type(dtype)
+    indices = jnp.asarray(indices)
+    return random_bits(key, (indices.shape[0], width), uint, rows=indices)
+
+
+def member_normals(
+    key: jax.Array, indices: jax.Array, num_dims: int, dtype=jnp.float32
+) -> jax.Array:
+    """``(k, num_dims)`` standard normals for the members ``indices`` (see :func:`member_bits`)."""
+    return normal_from_bits(member_bits(key, indices, num_dims, dtype), dtype)
+
+
+def member_uniforms(
+    key: jax.Array, indices: jax.Array, num_dims: int, dtype=jnp.float32
+) -> jax.Array:
+    """``(k, num_dims)`` uniforms on ``[0, 1)`` for the members ``indices``."""
+    return uniform_from_bits(member_bits(key, indices, num_dims, dtype), dtype)
+
+
 __all__ = [
     "float_bits_type",
+    "member_bits",
+    "member_normals",
+    "member_uniforms",
     "normal_from_bits",
     "random_bits",
     "random_pairs",

@@ -238,3 +238,10 @@ def _stage(
         return record, state.generation
 
     return run_stage
+
+
+__all__ = [
+    "IPOPResult",
+    "ipop",
+    "stop_callback",
+]

@@ -91,3 +91,14 @@ def l2_penalty(population: jax.Array, coeff: float | jax.Array) -> jax.Array:
       ``(population_size,)`` penalties.
     """
     return coeff * jnp.sum(jnp.square(population), axis=-1)
+
+
+__all__ = [
+    "centered_ranks",
+    "l2_penalty",
+    "log_rank_weights",
+    "rank_weights",
+    "ranks",
+    "sanitize",
+    "z_score",
+]

@@ -211,6 +211,7 @@ def test_loading_into_another_strategy_or_dimension_is_refused(saved_twice):
         best_solution=base.best_solution,
         best_fitness=base.best_fitness,
         generation=base.generation,
+        evaluations=base.evaluations,
         spec=base.spec,
         position=base.mean,
     )

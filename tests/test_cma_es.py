@@ -56,7 +56,7 @@ def esjax_evaluations():
     active weights and eigendecomposition interval are state leaves, so one compilation serves
     every case. Evaluations = (first generation whose best fitness is below target) × λ.
     """
-    es = esjax.cma_es(num_dims=NUM_DIMS, sigma=2.0)
+    es = esjax.cma_es(num_dims=NUM_DIMS, sigma=2.0, active=False)
     active_weights = esjax.cma_es(num_dims=NUM_DIMS, active=True).init(
         jax.random.key(0), jnp.zeros(NUM_DIMS)
     )
@@ -150,6 +150,17 @@ def test_median_evaluations_match_pycma(esjax_evaluations, pycma_evaluations, na
     # c_σ with n + μ_eff + 3), so equal medians are not expected, but neither is a big win:
     # beating pycma by > 1.5x on these unimodal functions would point at a counting error.
     assert 1 / 1.5 <= ratio <= 1.25, ratio
+
+
+def test_active_cma_is_the_default_as_in_pycma():
+    # pycma 4.x runs active CMA unless CMA_active=False: the default weights are the active ones.
+    x0 = jnp.zeros(NUM_DIMS)
+    default = esjax.cma_es(num_dims=NUM_DIMS).init(jax.random.key(0), x0).weights
+    active = esjax.cma_es(num_dims=NUM_DIMS, active=True).init(jax.random.key(0), x0).weights
+    passive = esjax.cma_es(num_dims=NUM_DIMS, active=False).init(jax.random.key(0), x0).weights
+    np.testing.assert_array_equal(default, active)
+    assert float(jnp.min(default)) < 0 and float(jnp.min(passive)) == 0
+    assert cma.CMAOptions()["CMA_active"].split()[0] == "True"
 
 
 def test_active_weights_speed_up_the_ellipsoid(esjax_evaluations):
@@ -328,7 +339,7 @@ def test_ask_tell_identical_with_and_without_jit(key):
 
 
 def test_member_depends_only_on_key_and_index(key):
-    # Sampling is fold_in(key, i) per member, so a population of 12 extends one of 6.
+    # Member i's normals depend on (key, i) alone, so a population of 12 extends one of 6.
     small = esjax.cma_es(population_size=6, num_dims=4)
     large = esjax.cma_es(population_size=12, num_dims=4)
     x0 = jnp.ones(4)
@@ -338,7 +349,9 @@ def test_member_depends_only_on_key_and_index(key):
 
 
 def test_non_finite_fitness_never_enters_the_update(key):
-    es = esjax.cma_es(num_dims=4, population_size=10)
+    # Passive weights: a huge finite loser then also gets weight zero, so it stands in for the
+    # non-finite ones below (with active CMA it would get a negative weight).
+    es = esjax.cma_es(num_dims=4, population_size=10, active=False)
     state = es.init(key, jnp.ones(4))
     population, _ = es.ask(key, state)
     fitness = sphere(population)

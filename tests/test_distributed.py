@@ -1,5 +1,6 @@
-"""Sharded populations: 8 devices == 1 device for every strategy, no population traffic for
-OpenAI-ES, and two processes over jax.distributed == one process.
+"""Sharded populations: 8 devices == 1 device for every strategy (and the README's own
+strategy), no population traffic for any strategy that declares a decomposition, and two
+processes over jax.distributed == one process.
 
 Forcing host devices must happen before JAX starts, so the multi-device checks run in one
 subprocess (this file run as a script) that does every strategy at once and prints JSON; the
@@ -22,12 +23,13 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
+from readme_snippets import custom_strategy_definitions
 from strategy_cases import NUM_DIMS, STRATEGY_CASES
 
 import esjax
 from esjax import distributed
 from esjax.cli import main
-from esjax.loop import evaluate_population, make_generation
+from esjax.loop import evaluate_population, make_generation, scan_generations
 from esjax.problems import rosenbrock, sphere
 
 NUM_DEVICES = 8
@@ -81,8 +83,13 @@ def _state_summary(state, metrics) -> dict:
     }
 
 
-def _run_case(es, mesh, generation_fn=None) -> dict:
+def _run_case(es, mesh, generation=None) -> dict:
+    """``esjax.run`` on ``mesh`` (None: one device), or a prebuilt sharded ``generation``."""
     state = es.init(jax.random.key(0), jnp.zeros(NUM_DIMS))
+    if generation is not None:
+        scanned = jax.jit(scan_generations(generation, jax.random.key(1), GENERATIONS))
+        state, metrics = scanned(distributed.replicate(state, mesh))
+        return _state_summary(state, metrics)
     state, metrics = esjax.run(
         es,
         rosenbrock,
@@ -92,9 +99,12 @@ def _run_case(es, mesh, generation_fn=None) -> dict:
         log_every=GENERATIONS,  # one compiled scan, one device sync
         progress=False,
         mesh=mesh,
-        generation_fn=generation_fn,
     )
     return _state_summary(state, metrics)
+
+
+def _readme_strategy(population_size=ODD_POPULATION):
+    return custom_strategy_definitions()["mu_lambda_es"](population_size, 3, sigma=0.1)
 
 
 def _collectives(compiled_text: str) -> list[dict]:
@@ -118,11 +128,26 @@ def _worker_devices() -> dict:
     assert jax.device_count() == NUM_DEVICES
     mesh = distributed.make_mesh()
     out = {"runs": {}}
-    for case_id, build in _cases():
+    for case_id, build in [*_cases(), ("readme_mu_lambda_es", _readme_strategy)]:
         es = build()
         out["runs"][case_id] = {"single": _run_case(es, None), "sharded": _run_case(es, mesh)}
-    es = esjax.openai_es(population_size=HLO_POPULATION, sigma=0.1)
     key = distributed.replicate(jax.random.key(0), mesh)
+
+    def compiled_collectives(es, generation):
+        state = distributed.replicate(es.init(key, jnp.ones(HLO_DIMS)), mesh)
+        return _collectives(jax.jit(generation).lower(key, state).compile().as_text())
+
+    # Every strategy that declares a decomposition, through the same generic sharded path.
+    out["decomposed"] = {}
+    for es in (
+        esjax.openai_es(population_size=HLO_POPULATION, sigma=0.1),
+        esjax.sep_cma_es(population_size=HLO_POPULATION, sigma=0.1),
+        _readme_strategy(HLO_POPULATION),
+    ):
+        assert es.capabilities.decomposition is not None
+        generation = distributed.make_sharded_generation(es, sphere, mesh)
+        out["decomposed"][es.name] = compiled_collectives(es, generation)
+    es = esjax.openai_es(population_size=HLO_POPULATION, sigma=0.1)
     state = distributed.replicate(es.init(key, jnp.ones(HLO_DIMS)), mesh)
 
     def evaluate_compiler_sharded(fitness_fn, population, spec, **kwargs):
@@ -133,7 +158,6 @@ def _worker_devices() -> dict:
         return evaluate_population(fitness_fn, population, spec, **kwargs)
 
     generations = {
-        "psum": distributed.make_sharded_generation(es, sphere, mesh),
         "generic": distributed.make_sharded_generation(es, sphere, mesh, reduce_locally=False),
         "control": make_generation(es, sphere, evaluate=evaluate_compiler_sharded),
     }
@@ -175,9 +199,9 @@ def _worker_devices() -> dict:
 def _worker_multihost() -> dict | None:
     """One of ``NUM_PROCESSES`` processes; rank 0 returns the sharded runs.
 
-    OpenAI-ES at ``ODD_POPULATION`` through both paths: the psum path and the generic path every
-    other strategy takes (which depends on no strategy internals), with padding split across
-    the two processes.
+    OpenAI-ES at ``ODD_POPULATION`` through both paths: its declared decomposition (the psum
+    path) and the generic path every undecomposed strategy takes, with padding split across the
+    two processes.
     """
     rank, count = distributed.initialize(cpu_devices=DEVICES_PER_PROCESS, timeout_s=60)
     assert count == NUM_PROCESSES and jax.device_count() == NUM_PROCESSES * DEVICES_PER_PROCESS
@@ -242,7 +266,7 @@ def _assert_same_run(single: dict, sharded: dict) -> None:
     np.testing.assert_allclose(sharded["fitness_mean"], single["fitness_mean"], rtol=1e-5)
 
 
-@pytest.mark.parametrize("case_id", [*CASE_IDS, "openai_es-step-key-batch"])
+@pytest.mark.parametrize("case_id", [*CASE_IDS, "readme_mu_lambda_es", "openai_es-step-key-batch"])
 def test_eight_devices_reproduce_one_device(devices_run, case_id):
     run = devices_run["runs"][case_id]
     _assert_same_run(run["single"], run["sharded"])
@@ -255,24 +279,30 @@ def test_shard_evaluate_matches_unsharded_evaluation(devices_run):
         assert len(sharded) == ODD_POPULATION  # padding rows cut off
 
 
-def test_openai_es_step_moves_no_population_between_devices(devices_run):
+def _largest(collectives):
+    return max(size for entry in collectives for size in entry["sizes"])
+
+
+@pytest.mark.parametrize("name", ["openai_es", "sep_cma_es", "mu_lambda_es"])
+def test_declared_decomposition_moves_no_population_between_devices(devices_run, name):
+    padded = distributed.padded_size(HLO_POPULATION, NUM_DEVICES)
+    # By design: all-gathers of the (padded,) fitness, declared scalars and row-finite flags,
+    # and all-reduces of the declared statistics (at most two (num_dims,) sums here), + 8 for
+    # a few scalars. A (population, num_dims) transfer would be 6,000 elements.
+    collectives = devices_run["decomposed"][name]
+    assert {entry["op"] for entry in collectives} <= {"all-gather", "all-reduce"}, collectives
+    assert _largest(collectives) <= max(HLO_DIMS, padded), collectives
+    assert sum(size for e in collectives for size in e["sizes"]) <= 2 * HLO_DIMS + 3 * padded + 8
+
+
+def test_generic_path_gathers_only_fitness_and_the_control_shows_a_population(devices_run):
     collectives = devices_run["collectives"]
     padded = distributed.padded_size(HLO_POPULATION, NUM_DEVICES)
-
-    def largest(name):
-        return max(size for entry in collectives[name] for size in entry["sizes"])
-
-    # The psum path's traffic by design: all-gathers of the (padded,) fitness and squared norms
-    # and one (2, num_dims) all-reduce (gradient sum and best member); + 8 for a few scalars.
-    psum = collectives["psum"]
-    assert {entry["op"] for entry in psum} <= {"all-gather", "all-reduce"}, psum
-    assert largest("psum") <= 2 * HLO_DIMS, psum
-    assert sum(size for entry in psum for size in entry["sizes"]) <= 2 * (HLO_DIMS + padded) + 8
     # The generic path samples redundantly on every device and gathers only fitness.
-    assert largest("generic") <= padded, collectives["generic"]
+    assert _largest(collectives["generic"]) <= padded, collectives["generic"]
     # Control: a population sharded by annotation alone is all-gathered for tell, and the HLO
     # parser sees that (pop, dim) transfer.
-    assert largest("control") >= HLO_POPULATION * HLO_DIMS, collectives["control"]
+    assert _largest(collectives["control"]) >= HLO_POPULATION * HLO_DIMS, collectives["control"]
 
 
 @pytest.mark.parametrize("path", ["psum", "generic"])

@@ -1,1 +1,3 @@
-"""Experiments: YAML configs → runs → metrics files (and, later, comparisons and reports)."""
+"""Experiments: YAML configs → runs → metrics files, comparisons and reports."""
+
+__all__: list[str] = []

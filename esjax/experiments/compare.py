@@ -286,12 +286,6 @@ def load_task(task: dict) -> Dataset:
     return load_dataset(task["name"], **kwargs)
 
 
-def _solution(state) -> jax.Array:
-    # The search mean is the method's current estimate where it has one (ES, CMA-ES); otherwise
-    # the best member seen (annealing, swarms).
-    return state.mean if hasattr(state, "mean") else state.best_solution
-
-
 class MethodSetup(NamedTuple):
     """Everything :func:`run_method` hands to :func:`esjax.baselines.timed_run`."""
 
@@ -334,7 +328,7 @@ def build_method(
             ),
             state=es.init(jax.random.fold_in(seed_key, 1), model.params),
             counter=lambda s: s.generation,
-            evaluate=lambda s: metrics(s.unravel(_solution(s))),
+            evaluate=lambda s: metrics(s.unravel(es.solution(s))),
             forward_passes_per_step=es.population_size * examples,
             examples_per_step=examples,
             description=f"{method.strategy['name']}, population {es.population_size}",
@@ -654,3 +648,22 @@ def run_scaling(
             )
     report.write_scaling(run_dir, rows, config.target_accuracy)
     return rows
+
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "ComparisonConfig",
+    "METHOD_KEYS",
+    "METHOD_SUMMARY_FILE",
+    "MODEL_KEYS",
+    "MethodConfig",
+    "MethodSetup",
+    "TOP_KEYS",
+    "build_method",
+    "load_comparison",
+    "load_task",
+    "parse_comparison",
+    "run_comparison",
+    "run_method",
+    "run_scaling",
+]

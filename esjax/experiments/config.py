@@ -197,3 +197,16 @@ def build_strategy(section: dict) -> Strategy:
 def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
     """The config as a plain dict (for ``summary.json``)."""
     return dataclasses.asdict(config)
+
+
+__all__ = [
+    "ExperimentConfig",
+    "RESIDUAL_STRATEGIES",
+    "build_optimizer",
+    "build_schedule",
+    "build_strategy",
+    "config_to_dict",
+    "load_config",
+    "parse_config",
+    "validate_strategy_section",
+]

@@ -220,3 +220,16 @@ def write_scaling(run_dir: Path, rows: list[dict], target: float) -> None:
         axes.grid(alpha=0.3, which="both")
         axes.legend()
     figure.savefig(run_dir / "scaling.png", dpi=120)
+
+
+__all__ = [
+    "ACCOUNTING_NOTE",
+    "SCALING_COLUMNS",
+    "plot_accuracy",
+    "replace_text",
+    "summary_table",
+    "time_to_target",
+    "write_comparison_md",
+    "write_metrics_csv",
+    "write_scaling",
+]

@@ -16,10 +16,10 @@ import numpy as np
 
 from esjax import checkpoint
 from esjax.base import Strategy, StrategyState
+from esjax.driver import run
 from esjax.experiments import report
 from esjax.experiments.config import ExperimentConfig, build_strategy, config_to_dict
 from esjax.experiments.setup import build_problem
-from esjax.loop import run
 
 CHECKPOINT_FILE = "checkpoint.msgpack"
 # Config keys that change results: a checkpoint resumes only a run that agrees on all of them.
@@ -208,17 +208,17 @@ def run_experiment(
         "num_dims": state.num_dims,
         "population_size": es.population_size,
         "generations": int(state.generation),
-        "evaluations": int(state.generation) * es.population_size,
+        "evaluations": int(state.evaluations),
         "best_fitness": float(state.best_fitness),
         "seconds_including_compile": seconds,
         "config": config_to_dict(config),
     }
     if resume:
         summary["resumed_from_generation"] = resumed_from
-    # Distribution-based strategies' answer is their mean; the others' is the best member.
-    solution = state.mean if hasattr(state, "mean") else state.best_solution
-    summary["reported_solution"] = "mean" if hasattr(state, "mean") else "best_solution"
-    if hasattr(state, "mean"):
+    # The solution each strategy declares it reports: the mean, or the best member seen.
+    solution = es.solution(state)
+    summary["reported_solution"] = es.capabilities.solution
+    if es.capabilities.solution == "mean":
         # fitness_fn(member) without a key scores on the full data where the problem allows it.
         mean_fitness = jnp.asarray(problem.fitness_fn(state.unravel(state.mean)))
         if mean_fitness.ndim == 0:  # EKI-style problems return residual vectors instead
@@ -233,3 +233,14 @@ def run_experiment(
     summary["run_dir"] = str(run_dir)
     summary["writer"] = writer
     return summary
+
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "RESUME_KEYS",
+    "append_metrics_csv",
+    "load_resume_state",
+    "run_experiment",
+    "trim_metrics_csv",
+    "write_metrics_csv",
+]

@@ -86,3 +86,12 @@ def build_problem(section: dict, key: jax.Array) -> ProblemSetup:
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in problem {name!r}; valid keys are {valid}")
     return PROBLEMS[name](key, **kwargs)
+
+
+__all__ = [
+    "PROBLEMS",
+    "ProblemSetup",
+    "build_function_problem",
+    "build_problem",
+    "register_problem",
+]

@@ -133,3 +133,16 @@ def make_problem(
 
     # base(R (x - s) + x*_base) is minimal where R (x - s) = 0, i.e. at x = s.
     return Problem(name=name, num_dims=num_dims, fitness=fitness, x_opt=shift, f_opt=0.0)
+
+
+__all__ = [
+    "FUNCTIONS",
+    "Problem",
+    "ackley",
+    "ellipsoid",
+    "make_problem",
+    "random_rotation",
+    "rastrigin",
+    "rosenbrock",
+    "sphere",
+]

@@ -45,8 +45,8 @@ moves neither the mean nor the paths nor ``C``; the positive weights of the rema
 renormalised and ``μ_eff`` in (43, 45) is that of the weights actually used. A generation with no
 finite fitness leaves the distribution unchanged.
 
-Randomness. Member ``i`` is sampled from ``fold_in(key, i)`` of the key given to ``ask``, a
-function of ``(key, i)`` alone, so a sharded population reproduces a single-device one.
+Randomness. Member ``i``'s normals are :func:`esjax.prng.member_normals` of the key given to
+``ask`` and ``i``, a function of ``(key, i)`` alone.
 
 Termination signals (``es.info``): ``stop_tolx`` (all ``σ √C_ii`` and ``σ |p_c|`` below
 ``tolx``, default ``1e-12 σ0``), ``stop_tolfun`` (the best fitness of the last
@@ -65,29 +65,35 @@ exceeds ``max_covariance_bytes`` are refused with an error pointing to :func:`es
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
-from esjax import shaping
 from esjax.base import (
+    Capabilities,
     Strategy,
     StrategyState,
-    check_fitness,
     check_int,
-    check_params,
-    check_population,
     check_range,
-    init_best,
-    params_to_arrays,
-    update_best,
+    make_strategy,
 )
-from esjax.flatten import flatten_x0
-
-LEARNING_RATES = ("c_sigma", "d_sigma", "c_c", "c_1", "c_mu")
+from esjax.prng import member_normals
+from esjax.strategies.cma_core import (
+    PARAM_RANGES,
+    check_population_size,
+    check_sigma_bounds,
+    cma_info,
+    default_hyperparameters,
+    default_population_size,
+    fitness_histories,
+    history_length,
+    preliminary_weights,
+    rank_members,
+    recombination_weights,
+    resolve_learning_rates,
+    step_size_update,
+    tolfun_window,
+)
 
 
 @struct.dataclass
@@ -129,23 +135,6 @@ class CMAESParams:
     eigen_interval: float | jax.Array | None = None
 
 
-PARAM_RANGES = {
-    "sigma": (0.0, None, False, True),
-    "sigma_min": (0.0, None),
-    "sigma_max": (0.0, None, False, True),
-    "c_sigma": (0.0, 1.0, False, True),
-    "d_sigma": (0.0, None, False, True),
-    "c_c": (0.0, 1.0, False, True),
-    "c_1": (0.0, 1.0),
-    "c_mu": (0.0, 1.0),
-    "c_m": (0.0, None, False, True),
-    "tolx": (0.0, None),
-    "tolfun": (0.0, None),
-    "max_condition": (1.0, None),
-    "eigen_interval": (0.0, None, False, True),
-}
-
-
 @struct.dataclass
 class CMAESState(StrategyState):
     """CMA-ES state.
@@ -183,103 +172,6 @@ class CMAESState(StrategyState):
     params: CMAESParams
 
 
-def default_population_size(num_dims: int) -> int:
-    """``λ = 4 + ⌊3 ln n⌋`` (Hansen 2016, eq. 48)."""
-    return 4 + int(math.floor(3 * math.log(num_dims)))
-
-
-def preliminary_weights(population_size: int, num_parents: int) -> np.ndarray:
-    """Preliminary weights ``w'_i`` for ranks ``i = 1..λ``, positive exactly for ``i ≤ μ``.
-
-    Eq. 49: ``w'_i = ln((λ+1)/2) - ln i``. For ``μ > λ/2`` the positive part uses ``ln(μ + 1/2)``
-    instead (as pycma does) so all ``μ`` parents keep a positive weight; for ``μ < ⌊λ/2⌋`` ranks
-    ``μ < i < (λ+1)/2`` get zero.
-    """
-    ranks = np.arange(1, population_size + 1, dtype=np.float64)
-    head = math.log(max((population_size + 1) / 2, num_parents + 0.5))
-    positive = head - np.log(ranks)
-    negative = np.minimum(math.log((population_size + 1) / 2) - np.log(ranks), 0.0)
-    return np.where(ranks <= num_parents, positive, negative)
-
-
-def effective_parents(weights: np.ndarray) -> float:
-    """``μ_eff = (Σ w_i)² / Σ w_i²`` over the positive weights (Table 1)."""
-    positive = weights[weights > 0]
-    return float(positive.sum() ** 2 / np.square(positive).sum())
-
-
-def default_hyperparameters(
-    num_dims: int, population_size: int | None = None, num_parents: int | None = None
-) -> dict[str, float]:
-    """Table 1's ``c_σ, d_σ, c_c, c_1, c_μ`` for dimension ``n`` (Hansen 2016, eqs. 55-58).
-
-    Returns a dict of floats keyed like :class:`CMAESParams` (plus ``mu_eff``).
-    """
-    n = num_dims
-    population_size = population_size or default_population_size(n)
-    num_parents = num_parents or population_size // 2
-    mu_eff = effective_parents(preliminary_weights(population_size, num_parents))
-    c_sigma = (mu_eff + 2) / (n + mu_eff + 5)  # eq. 55
-    d_sigma = 1 + 2 * max(0.0, math.sqrt((mu_eff - 1) / (n + 1)) - 1) + c_sigma  # eq. 55
-    c_c = (4 + mu_eff / n) / (n + 4 + 2 * mu_eff / n)  # eq. 56
-    alpha_cov = 2.0
-    c_1 = alpha_cov / ((n + 1.3) ** 2 + mu_eff)  # eq. 57
-    # eq. 58 as in the 2016 tutorial; pycma adds 1/4 to the numerator (a slightly larger c_μ).
-    c_mu = min(
-        1 - c_1,
-        alpha_cov * (mu_eff - 2 + 1 / mu_eff) / ((n + 2) ** 2 + alpha_cov * mu_eff / 2),
-    )
-    return {
-        "c_sigma": c_sigma,
-        "d_sigma": d_sigma,
-        "c_c": c_c,
-        "c_1": c_1,
-        "c_mu": c_mu,
-        "mu_eff": mu_eff,
-    }
-
-
-def recombination_weights(
-    preliminary: np.ndarray, num_dims: int, c_1, c_mu, active: bool, dtype
-) -> jax.Array:
-    """Final weights ``w_i`` (eq. 53): positives sum to one; negatives scaled by eqs. 50-52.
-
-    ``c_1, c_μ`` may be traced (vmapped hyperparameters), so this is written in ``jnp``.
-    """
-    positive = np.where(preliminary > 0, preliminary, 0.0)
-    negative = np.where(preliminary < 0, preliminary, 0.0)
-    weights = jnp.asarray(positive / positive.sum(), dtype)
-    if not active or not negative.any():
-        return weights
-    mu_eff = effective_parents(preliminary)
-    mu_eff_minus = float(negative.sum() ** 2 / np.square(negative).sum())
-    c_1 = jnp.asarray(c_1, dtype)
-    c_mu = jnp.maximum(jnp.asarray(c_mu, dtype), jnp.finfo(dtype).tiny)  # c_μ = 0: α's → inf
-    alpha_mu = 1 + c_1 / c_mu  # eq. 50
-    alpha_mu_eff = 1 + 2 * mu_eff_minus / (mu_eff + 2)  # eq. 51
-    alpha_posdef = (1 - c_1 - c_mu) / (num_dims * c_mu)  # eq. 52
-    scale = jnp.minimum(jnp.minimum(alpha_mu, alpha_mu_eff), alpha_posdef)
-    return weights + scale * jnp.asarray(negative / -negative.sum(), dtype)  # eq. 53
-
-
-def expected_norm(num_dims: int) -> float:
-    """``E‖N(0, I_n)‖ ≈ √n (1 - 1/(4n) + 1/(21n²))``."""
-    n = num_dims
-    return math.sqrt(n) * (1 - 1 / (4 * n) + 1 / (21 * n**2))
-
-
-def history_length(num_dims: int, population_size: int) -> int:
-    """Stagnation window ``120 + ⌈30 n / λ⌉`` generations, at most 20000 (Hansen 2009)."""
-    return min(20_000, 120 + math.ceil(30 * num_dims / population_size))
-
-
-def tolfun_window(num_dims: int, population_size: int) -> int:
-    """TolFun looks back ``10 + ⌈30 n / λ⌉`` generations (Hansen 2016, Appendix B.3)."""
-    return min(
-        history_length(num_dims, population_size), 10 + math.ceil(30 * num_dims / population_size)
-    )
-
-
 def check_covariance_memory(
     num_dims: int, itemsize: int, max_covariance_bytes: float, matrices: int = 2
 ) -> None:
@@ -292,155 +184,6 @@ def check_covariance_memory(
             f"{max_covariance_bytes:.3g}. Use esjax.sep_cma_es (diagonal covariance, O(n) "
             f"memory) or esjax.openai_es for large models, or raise max_covariance_bytes."
         )
-
-
-def sample_standard_normal(
-    key: jax.Array, indices: jax.Array, num_dims: int, dtype=jnp.float32
-) -> jax.Array:
-    """``(k, num_dims)`` standard normals; row ``j`` comes from ``fold_in(key, indices[j])``."""
-    return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (num_dims,), dtype))(
-        indices
-    )
-
-
-def rank_members(
-    weights: jax.Array, fitness: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Rank members (NaN/inf last) and mask non-finite ones out of the weights.
-
-    Returns:
-      ``order`` (``(λ,)`` member indices, best first), ``used`` (weights by rank with non-finite
-      members at zero and the positive ones renormalised to sum to one), ``mu_eff`` of the used
-      positive weights, and ``any_finite``.
-    """
-    order = jnp.argsort(shaping.sanitize(fitness), stable=True)
-    finite = jnp.isfinite(fitness)[order]
-    used = jnp.where(finite, weights, 0.0)
-    positive = jnp.where(used > 0, used, 0.0)
-    total = jnp.sum(positive)
-    safe_total = jnp.where(total > 0, total, 1.0)
-    used = jnp.where(used > 0, used / safe_total, used)
-    positive = positive / safe_total
-    mu_eff = 1 / jnp.maximum(jnp.sum(jnp.square(positive)), jnp.finfo(weights.dtype).tiny)
-    return order, used, mu_eff, jnp.any(finite)
-
-
-def step_size_update(
-    path_sigma: jax.Array, whitened_step: jax.Array, mu_eff, sigma, params, generation, num_dims
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Eqs. 43-44 and the ``h_σ`` test: returns ``(p_σ, σ, h_σ)``."""
-    c_sigma, d_sigma = params.c_sigma, params.d_sigma
-    path_sigma = (1 - c_sigma) * path_sigma + jnp.sqrt(
-        c_sigma * (2 - c_sigma) * mu_eff
-    ) * whitened_step  # eq. 43
-    norm = jnp.linalg.norm(path_sigma)
-    chi_n = expected_norm(num_dims)
-    sigma = sigma * jnp.exp(c_sigma / d_sigma * (norm / chi_n - 1))  # eq. 44
-    sigma = jnp.clip(sigma, params.sigma_min, params.sigma_max)
-    # 1 - (1 - c_σ)^{2(g+1)}: the variance p_σ would have after g+1 updates from zero.
-    variance = 1 - (1 - c_sigma) ** (2 * (generation + 1).astype(sigma.dtype))
-    h_sigma = norm / jnp.sqrt(variance) < (1.4 + 2 / (num_dims + 1)) * chi_n
-    return path_sigma, sigma, h_sigma.astype(sigma.dtype)
-
-
-def push_history(history: jax.Array, value: jax.Array) -> jax.Array:
-    """Drop the oldest entry of ``history`` and append ``value`` (newest last)."""
-    return jnp.concatenate([history[1:], value[None].astype(history.dtype)])
-
-
-def sorted_median(values: jax.Array) -> jax.Array:
-    """Median of a 1-D array via one sort (``jnp.median``'s quantile machinery compiles slower)."""
-    ordered = jnp.sort(values)
-    size = values.shape[0]
-    return ordered[(size - 1) // 2] / 2 + ordered[size // 2] / 2  # halves: no overflow at max
-
-
-def generation_statistics(fitness: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Best, median and largest fitness of one generation.
-
-    Non-finite fitness counts as the largest finite float, which is as bad as +inf for the
-    termination tests while keeping the state finite.
-    """
-    worst = jnp.finfo(fitness.dtype).max
-    safe = jnp.where(jnp.isfinite(fitness), fitness, worst)
-    return jnp.min(safe), sorted_median(safe), jnp.max(safe)
-
-
-def next_state(state, population: jax.Array, fitness: jax.Array, any_finite, updated: dict):
-    """The state after ``tell`` for CMA-ES and sep-CMA-ES: the distribution fields ``updated``
-    (kept as they were when no fitness is finite: no information), the fitness histories the
-    termination signals read, the generation count and the best-ever member."""
-    updated = {
-        name: jnp.where(any_finite, value, getattr(state, name)) for name, value in updated.items()
-    }
-    best, median, worst = generation_statistics(fitness)
-    return state.replace(
-        generation=state.generation + 1,
-        best_history=push_history(state.best_history, best),
-        median_history=push_history(state.median_history, median),
-        fitness_max=worst.astype(state.fitness_max.dtype),
-        **updated,
-        **update_best(state, population, fitness),
-    )
-
-
-def cma_info(
-    state,
-    population_size: int,
-    *,
-    coordinate_stds: jax.Array,
-    axis_step: jax.Array,
-    condition: jax.Array,
-) -> dict[str, jax.Array]:
-    """``es.info`` of CMA-ES and sep-CMA-ES: ``σ``, the condition number and the restart/
-    termination flags (Hansen 2016, Appendix B.3; stagnation: Hansen 2009).
-
-    Args:
-      state: a CMA-ES or sep-CMA-ES state (its generation, σ, ``p_c``, mean, fitness histories
-        and params are read).
-      population_size: ``λ`` (sets the tolfun window).
-      coordinate_stds: ``(n,)`` ``√C_ii`` (without ``σ``).
-      axis_step: ``(n,)`` ``0.1 σ D_i B_i`` for this generation's principal axis ``i = g mod n``.
-      condition: the covariance's condition number.
-    """
-    generation, sigma, mean, params = state.generation, state.sigma, state.mean, state.params
-    path_c, best_history, median_history = state.path_c, state.best_history, state.median_history
-    tolfun_generations = tolfun_window(state.num_dims, population_size)
-    window = best_history.shape[0]
-    tolx = jnp.all(sigma * coordinate_stds < params.tolx) & jnp.all(
-        sigma * jnp.abs(path_c) < params.tolx
-    )
-    recent = best_history[-tolfun_generations:]
-    fitness_range = jnp.maximum(jnp.max(recent), state.fitness_max) - jnp.min(recent)
-    tolfun = (generation >= tolfun_generations) & (fitness_range < params.tolfun)
-    part = math.ceil(0.3 * window)
-
-    def no_better(history):
-        return sorted_median(history[-part:]) >= sorted_median(history[:part])
-
-    stagnation = (generation >= window) & no_better(best_history) & no_better(median_history)
-    no_effect = jnp.all(mean + axis_step == mean) | jnp.any(
-        mean + 0.2 * sigma * coordinate_stds == mean
-    )
-    stop_condition = condition > params.max_condition
-    return {
-        "sigma": sigma,
-        "condition": condition,
-        "stop_tolx": tolx,
-        "stop_tolfun": tolfun,
-        "stop_condition": stop_condition,
-        "stop_stagnation": stagnation,
-        "stop_no_effect": no_effect,
-        "stop": tolx | tolfun | stop_condition | stagnation | no_effect,
-    }
-
-
-def check_cma_params(params) -> None:
-    """Range-check the concrete, non-``None`` fields of a params dataclass (ValueError)."""
-    given = {name: bounds for name, bounds in PARAM_RANGES.items() if hasattr(params, name)}
-    check_params(
-        params, {name: b for name, b in given.items() if getattr(params, name) is not None}
-    )
 
 
 def _decompose(covariance: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -457,10 +200,7 @@ def _decompose(covariance: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 
 def _resolve_params(params: CMAESParams, defaults: dict[str, float], num_dims: int) -> CMAESParams:
-    filled = {name: defaults[name] for name in LEARNING_RATES if getattr(params, name) is None}
-    if params.tolx is None:
-        filled["tolx"] = 1e-12 * jnp.asarray(params.sigma)  # TolX = 1e-12 σ0 (Appendix B.3)
-    params = params.replace(**filled)
+    params = resolve_learning_rates(params, defaults)
     if params.eigen_interval is None:
         # pycma's lazy gap; c_1 + c_μ = 0 means C never changes, so (practically) never decompose.
         rate = 10 * num_dims * (jnp.asarray(params.c_1) + jnp.asarray(params.c_mu))
@@ -474,7 +214,7 @@ def cma_es(
     sigma: float = 1.0,
     num_dims: int | None = None,
     num_parents: int | None = None,
-    active: bool = False,
+    active: bool = True,
     sigma_bounds: tuple[float, float] = (1e-20, 1e20),
     eigen_interval: int | None = None,
     max_covariance_bytes: float = 2e9,
@@ -490,6 +230,7 @@ def cma_es(
         given, ``init`` checks ``x0`` against it and the memory limit is enforced here.
       num_parents: ``μ``, the members with positive weights, in [1, λ]. Default ``⌊λ/2⌋``.
       active: negative weights for the worst ``λ - μ`` members (active CMA, eqs. 46, 50-53).
+        On by default, as in pycma 4.x; ``False`` gives the original (μ/μ_w, λ) update.
       sigma_bounds: ``(sigma_min, sigma_max)`` clip for ``σ``, ``0 <= min < max``.
       eigen_interval: generations between eigendecompositions (>= 1). None: pycma's lazy rule
         ``1 / (10 n (c_1 + c_μ))`` (every generation for small ``n``); 1: every generation.
@@ -498,7 +239,8 @@ def cma_es(
 
     Returns:
       A :class:`~esjax.base.Strategy` that minimises; ``es.info`` reports ``sigma``, the condition
-      of ``C`` and the termination signals described in the module docstring.
+      of ``C`` and the termination signals described in the module docstring, and the strategy
+      declares ``stop`` as its termination signal.
 
     Example:
       >>> es = cma_es(num_dims=10, sigma=2.0)          # λ = 10
@@ -506,81 +248,58 @@ def cma_es(
       >>> population, state = es.ask(jax.random.key(1), state)
       >>> state = es.tell(state, population, jnp.sum(population**2, axis=1))
     """
-    if num_dims is not None:
-        num_dims = check_int("num_dims", num_dims, 1)
-    if population_size is None:
-        if num_dims is None:
-            raise ValueError(
-                "population_size is None, so the default 4 + floor(3 ln n) needs num_dims: "
-                "pass population_size=... or num_dims=..."
-            )
-        population_size = default_population_size(num_dims)
-    population_size = check_int("population_size", population_size, 2)
-    num_parents = population_size // 2 if num_parents is None else num_parents
-    num_parents = check_int("num_parents", num_parents, 1, population_size)
+    population_size, num_parents, num_dims = check_population_size(
+        population_size, num_parents, num_dims
+    )
     if not isinstance(active, bool):
         raise ValueError(f"active must be True or False, got {active!r}")
     if eigen_interval is not None:
         eigen_interval = check_int("eigen_interval", eigen_interval, 1)
     check_range("max_covariance_bytes", max_covariance_bytes, 0.0, None, low_inclusive=False)
     sigma_min, sigma_max = check_sigma_bounds(sigma_bounds)
-    default_params = CMAESParams(
-        sigma=sigma, sigma_min=sigma_min, sigma_max=sigma_max, eigen_interval=eigen_interval
-    )
-    check_cma_params(default_params)
     if num_dims is not None:
         itemsize = jnp.dtype(jnp.result_type(float)).itemsize
         check_covariance_memory(num_dims, itemsize, max_covariance_bytes)
     preliminary = preliminary_weights(population_size, num_parents)
 
-    def init(key: jax.Array, x0, params: CMAESParams | None = None) -> CMAESState:
-        del key  # the initial state is deterministic
-        params = default_params if params is None else params
-        check_cma_params(params)
-        mean, spec = flatten_x0(x0)
-        n, dtype = spec.num_dims, mean.dtype
+    def resolve(params: CMAESParams, n: int) -> CMAESParams:
         if num_dims is not None and n != num_dims:
             raise ValueError(
                 f"x0 has {n} entries but the strategy was built with num_dims={num_dims}"
             )
-        check_covariance_memory(n, jnp.dtype(dtype).itemsize, max_covariance_bytes)
-        defaults = default_hyperparameters(n, population_size, num_parents)
-        params = params_to_arrays(_resolve_params(params, defaults, n), dtype)
-        best_solution, best_fitness = init_best(mean)
+        check_covariance_memory(n, jnp.dtype(jnp.result_type(float)).itemsize, max_covariance_bytes)
+        return _resolve_params(params, default_hyperparameters(n, population_size, num_parents), n)
+
+    def init(key: jax.Array, mean: jax.Array, params: CMAESParams) -> dict:
+        del key  # the initial state is deterministic
+        n, dtype = mean.shape[0], mean.dtype
         length = history_length(n, population_size)
-        return CMAESState(
-            best_solution=best_solution,
-            best_fitness=best_fitness,
-            generation=jnp.array(0, jnp.int32),
-            spec=spec,
-            mean=mean,
-            sigma=params.sigma,
-            covariance=jnp.eye(n, dtype=dtype),
-            eigenvectors=jnp.eye(n, dtype=dtype),
-            axis_lengths=jnp.ones(n, dtype),
-            path_sigma=jnp.zeros(n, dtype),
-            path_c=jnp.zeros(n, dtype),
-            weights=recombination_weights(preliminary, n, params.c_1, params.c_mu, active, dtype),
-            eigen_generation=jnp.array(0, jnp.int32),
-            best_history=jnp.zeros(length, dtype),
-            median_history=jnp.zeros(length, dtype),
-            fitness_max=jnp.array(0, dtype),
-            params=params,
-        )
+        return {
+            "mean": mean,
+            "sigma": params.sigma,
+            "covariance": jnp.eye(n, dtype=dtype),
+            "eigenvectors": jnp.eye(n, dtype=dtype),
+            "axis_lengths": jnp.ones(n, dtype),
+            "path_sigma": jnp.zeros(n, dtype),
+            "path_c": jnp.zeros(n, dtype),
+            "weights": recombination_weights(
+                preliminary, n, params.c_1, params.c_mu, active, dtype
+            ),
+            "eigen_generation": jnp.array(0, jnp.int32),
+            "best_history": jnp.zeros(length, dtype),
+            "median_history": jnp.zeros(length, dtype),
+            "fitness_max": jnp.array(0, dtype),
+        }
 
     def ask(key: jax.Array, state: CMAESState) -> tuple[jax.Array, CMAESState]:
-        z = sample_standard_normal(
-            key, jnp.arange(population_size), state.num_dims, state.mean.dtype
-        )
+        z = member_normals(key, jnp.arange(population_size), state.num_dims, state.mean.dtype)
         # eq. 39 with C^{1/2} = B D Bᵀ instead of B D: the same N(0, C), but a continuous
         # function of C, whereas B is fixed only up to signs and rotations within (nearly)
         # equal eigenvalues, which differ between backends and between jit and eager runs.
         y = ((z @ state.eigenvectors) * state.axis_lengths) @ state.eigenvectors.T
         return state.mean + state.sigma * y, state  # eq. 40
 
-    def tell(state: CMAESState, population: jax.Array, fitness: jax.Array) -> CMAESState:
-        fitness = check_fitness(fitness, population_size)
-        check_population(population, population_size, state.num_dims)
+    def update(state: CMAESState, population: jax.Array, fitness: jax.Array) -> CMAESState:
         params, n = state.params, state.num_dims
         order, weights, mu_eff, any_finite = rank_members(state.weights, fitness)
         steps = (population[order] - state.mean) / state.sigma  # y_{i:λ}
@@ -621,7 +340,7 @@ def cma_es(
             "path_c": path_c,
             "eigen_generation": eigen_generation,
         }
-        return next_state(state, population, fitness, any_finite, updated)
+        return state.replace(**fitness_histories(state, fitness, any_finite, updated))
 
     def _maybe_decompose(state, covariance, params):
         next_generation = state.generation + 1
@@ -648,27 +367,29 @@ def cma_es(
             condition=condition,
         )
 
-    return Strategy(
+    return make_strategy(
         name="cma_es",
         population_size=population_size,
-        default_params=default_params,
+        default_params=CMAESParams(
+            sigma=sigma, sigma_min=sigma_min, sigma_max=sigma_max, eigen_interval=eigen_interval
+        ),
+        param_checks=PARAM_RANGES,
+        resolve_params=resolve,
+        state_type=CMAESState,
         init=init,
         ask=ask,
-        tell=tell,
+        update=update,
         info=info,
+        capabilities=Capabilities(termination=lambda state: info(state)["stop"]),
     )
 
 
-def check_sigma_bounds(sigma_bounds) -> tuple[float, float]:
-    """Validate ``(sigma_min, sigma_max)`` and return it as floats (ValueError naming it)."""
-    try:
-        low, high = (float(bound) for bound in sigma_bounds)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"sigma_bounds must be a pair (sigma_min, sigma_max), got {sigma_bounds!r}"
-        ) from None
-    if not 0 <= low < high:
-        raise ValueError(
-            f"sigma_bounds must satisfy 0 <= sigma_min < sigma_max, got {sigma_bounds}"
-        )
-    return low, high
+__all__ = [
+    "CMAESParams",
+    "CMAESState",
+    "check_covariance_memory",
+    "cma_es",
+    "default_hyperparameters",
+    "default_population_size",
+    "tolfun_window",
+]

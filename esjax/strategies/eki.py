@@ -54,7 +54,12 @@ span*; fresh additive noise lets the ensemble leave it (needed when ``J ≪ d``,
 
 **Non-finite residuals.** A member whose residual row has any NaN/±inf carries no information:
 it is left out of ``ū``, ``r̄``, ``C^up`` and ``C^pp`` and is not moved this generation; if every
-member is non-finite the ensemble is unchanged.
+member is non-finite the ensemble is unchanged. A member whose row itself is non-finite is
+treated the same way, after :func:`esjax.base.make_strategy` has replaced it by the best solution.
+
+**Random numbers.** Member ``j``'s initial noise, additive-inflation noise and observation
+perturbations are row ``j`` of :func:`esjax.prng.member_normals` under the respective key, a
+function of ``(key, j)`` alone.
 
 **Usage.** The evaluated function returns the residual vector of one member::
 
@@ -82,16 +87,15 @@ import numpy as np
 from flax import struct
 
 from esjax.base import (
+    Capabilities,
     Strategy,
     StrategyState,
     check_int,
     check_params,
-    check_population,
-    init_best,
-    params_to_arrays,
-    update_best,
+    check_residuals,
+    make_strategy,
 )
-from esjax.flatten import flatten_x0
+from esjax.prng import member_normals
 
 UPDATES = ("kalman", "euler")
 
@@ -105,6 +109,8 @@ ADAPTIVE_EPS = 1e-8
 class EKIParams:
     """Numeric hyperparameters (state leaves, so they can be vmapped over).
 
+    The defaults are those of :func:`eki`, whose ``default_params`` holds them.
+
     Attributes:
       init_std: standard deviation of the initial ensemble around ``x0`` (> 0).
       step_size: time step ``h`` (> 0); ``h → ∞`` in the Kalman update is a Gauss-Newton step
@@ -115,12 +121,12 @@ class EKIParams:
       tikhonov: Tikhonov weight ``λ >= 0`` on ``½‖u‖²``.
     """
 
-    init_std: float | jax.Array = 0.1
-    step_size: float | jax.Array = 1.0
-    noise_cov: float | jax.Array = 1.0
-    inflation: float | jax.Array = 1.0
-    additive_inflation: float | jax.Array = 0.0
-    tikhonov: float | jax.Array = 0.0
+    init_std: float | jax.Array
+    step_size: float | jax.Array
+    noise_cov: float | jax.Array
+    inflation: float | jax.Array
+    additive_inflation: float | jax.Array
+    tikhonov: float | jax.Array
 
 
 PARAM_RANGES = {
@@ -177,17 +183,31 @@ def _rms_spread(ensemble: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.mean(jnp.sum(anomalies**2, axis=1)))
 
 
-def check_residuals(residuals: jax.Array, ensemble_size: int) -> jax.Array:
-    """Check at trace time that ``residuals`` is ``(ensemble_size, m)`` and floating."""
-    residuals = jnp.asarray(residuals)
-    if residuals.ndim != 2 or residuals.shape[0] != ensemble_size:
+def _whiten(state: EKIState, residuals: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(valid, whitened, misfits)``: which members have all-finite residuals, their residuals
+    ``Γ^{-1/2} r_j`` (rows of invalid members zeroed) and misfits ``½‖Γ^{-1/2} r_j‖²``.
+
+    Checks at trace time that ``noise_cov`` is a scalar or has the residuals' width ``m``.
+    """
+    dtype = state.ensemble.dtype
+    noise_cov = jnp.asarray(state.params.noise_cov, dtype)
+    num_outputs = residuals.shape[1]
+    if noise_cov.ndim == 1 and noise_cov.shape[0] != num_outputs:
         raise ValueError(
-            f"residuals must have shape (ensemble_size, m) = ({ensemble_size}, m): one residual "
-            f"vector G(u_j) - y per member, got {residuals.shape}"
+            f"noise_cov must be a scalar or have shape (m,) = ({num_outputs},), "
+            f"got {noise_cov.shape}"
         )
-    if not jnp.issubdtype(residuals.dtype, jnp.floating):
-        residuals = residuals.astype(jnp.result_type(float))
-    return residuals
+    # A member with any non-finite output is dropped from every statistic; `where` (not a
+    # multiply by 0) keeps NaN out of the sums.
+    valid = jnp.all(jnp.isfinite(residuals), axis=1)
+    whitened = jnp.where(valid[:, None], residuals.astype(dtype), 0.0) * jax.lax.rsqrt(noise_cov)
+    return valid, whitened, 0.5 * jnp.sum(whitened**2, axis=1)
+
+
+def _member_misfits(state: EKIState, residuals: jax.Array) -> jax.Array:
+    """The data misfit ``Φ(u_j) = ½‖Γ^{-1/2} r_j‖²`` of every member, ``inf`` where invalid."""
+    valid, _, misfits = _whiten(state, residuals)
+    return jnp.where(valid, misfits, jnp.inf)
 
 
 def eki(
@@ -240,42 +260,23 @@ def eki(
     ):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be True or False, got {flag!r}")
-    default_params = EKIParams(
-        init_std=init_std,
-        step_size=step_size,
-        noise_cov=noise_cov,
-        inflation=inflation,
-        additive_inflation=additive_inflation,
-        tikhonov=tikhonov,
-    )
-    _check_eki_params(default_params)
+    members = jnp.arange(ensemble_size)
 
-    def init(key: jax.Array, x0, params: EKIParams | None = None) -> EKIState:
-        params = default_params if params is None else params
-        _check_eki_params(params)
-        mean, spec = flatten_x0(x0)
+    def init(key: jax.Array, mean: jax.Array, params: EKIParams) -> dict:
         init_key, state_key = jax.random.split(key)
-        noise = jax.random.normal(init_key, (ensemble_size, mean.shape[0]), mean.dtype)
-        noise = noise - jnp.mean(noise, axis=0)
-        params = params_to_arrays(params, mean.dtype)
-        ensemble = mean + params.init_std * noise
-        best_solution, best_fitness = init_best(mean)
-        return EKIState(
-            best_solution=best_solution,
-            best_fitness=best_fitness,
-            generation=jnp.array(0, jnp.int32),
-            spec=spec,
-            ensemble=ensemble,
-            key=state_key,
-            misfit=jnp.array(jnp.inf, mean.dtype),
-            spread=_rms_spread(ensemble),
-            step=params.step_size,
-            params=params,
-        )
+        noise = member_normals(init_key, members, mean.shape[0], mean.dtype)
+        ensemble = mean + params.init_std * (noise - jnp.mean(noise, axis=0))
+        return {
+            "ensemble": ensemble,
+            "key": state_key,
+            "misfit": jnp.array(jnp.inf, mean.dtype),
+            "spread": _rms_spread(ensemble),
+            "step": params.step_size,
+        }
 
     def ask(key: jax.Array, state: EKIState) -> tuple[jax.Array, EKIState]:
         mean = state.mean
-        noise = jax.random.normal(key, state.ensemble.shape, state.ensemble.dtype)
+        noise = member_normals(key, members, state.num_dims, state.ensemble.dtype)
         population = (
             mean
             + state.params.inflation * (state.ensemble - mean)
@@ -283,29 +284,13 @@ def eki(
         )
         return population, state
 
-    def tell(state: EKIState, population: jax.Array, residuals: jax.Array) -> EKIState:
-        residuals = check_residuals(residuals, ensemble_size)
-        check_population(population, ensemble_size, state.num_dims)
-        num_outputs = residuals.shape[1]
+    def update_ensemble(state: EKIState, population: jax.Array, residuals: jax.Array) -> EKIState:
         dtype = state.ensemble.dtype
         params = state.params
-        noise_cov = jnp.asarray(params.noise_cov, dtype)
-        if noise_cov.ndim == 1 and noise_cov.shape[0] != num_outputs:
-            raise ValueError(
-                f"noise_cov must be a scalar or have shape (m,) = ({num_outputs},), "
-                f"got {noise_cov.shape}"
-            )
-
-        # A member with any non-finite output is dropped from every statistic; `where` (not a
-        # multiply by 0) keeps NaN out of the sums.
-        valid = jnp.all(jnp.isfinite(residuals), axis=1)
+        valid, whitened, misfits = _whiten(state, residuals)
         count = jnp.sum(valid)
         weight = valid.astype(dtype)[:, None]
         scale = jnp.sqrt(jnp.maximum(count, 1).astype(dtype))
-        whitened = jnp.where(valid[:, None], residuals.astype(dtype), 0.0) * jax.lax.rsqrt(
-            noise_cov
-        )
-        misfits = 0.5 * jnp.sum(whitened**2, axis=1)
 
         def anomalies(values):
             center = jnp.sum(weight * values, axis=0) / jnp.maximum(count, 1)
@@ -326,7 +311,7 @@ def eki(
         key, output_key, prior_key = jax.random.split(state.key, 3)
         if perturb_observations:
             # ξ_j ~ N(0, Γ/h): whitened by Γ^{-1/2} it is N(0, 1/h).
-            xi = jax.random.normal(output_key, residuals.shape, dtype) * jax.lax.rsqrt(step)
+            xi = member_normals(output_key, members, whitened.shape[1], dtype) * jax.lax.rsqrt(step)
             cross = cross + output_anomalies @ (weight * xi).T
 
         # Tikhonov block: outputs u with target 0 and covariance I/λ; whitened by √λ its
@@ -334,7 +319,7 @@ def eki(
         gram = gram + params.tikhonov * (parameter_anomalies @ parameter_anomalies.T)
         cross = cross - params.tikhonov * (parameter_anomalies @ (weight * population).T)
         if perturb_observations:
-            prior_xi = weight * jax.random.normal(prior_key, population.shape, dtype)
+            prior_xi = weight * member_normals(prior_key, members, state.num_dims, dtype)
             cross = cross + jnp.sqrt(params.tikhonov / step) * (parameter_anomalies @ prior_xi.T)
 
         if update == "kalman":
@@ -351,7 +336,6 @@ def eki(
         # when every member is invalid: all anomalies are then zero).
         ensemble = population + coefficients.T @ parameter_anomalies
 
-        finite_misfits = jnp.where(valid, misfits, jnp.inf)
         mean_misfit = jnp.sum(jnp.where(valid, misfits, 0.0)) / jnp.maximum(count, 1)
         return state.replace(
             ensemble=ensemble.astype(dtype),
@@ -359,19 +343,44 @@ def eki(
             misfit=jnp.where(count > 0, mean_misfit, jnp.inf).astype(dtype),
             spread=_rms_spread(ensemble).astype(dtype),
             step=jnp.asarray(step, dtype),
-            generation=state.generation + 1,
-            **update_best(state, population, finite_misfits),
         )
 
     def info(state: EKIState) -> dict:
         return {"misfit": state.misfit, "spread": state.spread, "step_size": state.step}
 
-    return Strategy(
+    return make_strategy(
         name="eki",
         population_size=ensemble_size,
-        default_params=default_params,
+        default_params=EKIParams(
+            init_std=init_std,
+            step_size=step_size,
+            noise_cov=noise_cov,
+            inflation=inflation,
+            additive_inflation=additive_inflation,
+            tikhonov=tikhonov,
+        ),
+        param_checks=_check_eki_params,
+        state_type=EKIState,
         init=init,
         ask=ask,
-        tell=tell,
+        update=update_ensemble,
         info=info,
+        capabilities=Capabilities(
+            fitness="residuals",
+            solution="mean",
+            init_uses_key=True,
+            state_holds_key=True,
+            score=_member_misfits,
+        ),
     )
+
+
+__all__ = [
+    "ADAPTIVE_EPS",
+    "PARAM_RANGES",
+    "UPDATES",
+    "EKIParams",
+    "EKIState",
+    "check_residuals",
+    "eki",
+]

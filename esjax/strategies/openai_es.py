@@ -14,19 +14,20 @@ and estimates the gradient of the Gaussian-smoothed objective ``E[f(θ + σ ε)]
 where ``λ`` is ``weight_decay``. ``g`` is handed to an optax optimizer (default Adam), which
 *descends* it, so the strategy minimises ``f``. ``σ`` decays geometrically to ``sigma_limit``.
 
-Noise and memory. Member ``i``'s noise is row ``i mod n/2`` of an
-:func:`esjax.prng.standard_normal` draw under the generation's key (negated for the mirrored
-half), a function of ``(key, i)`` alone: any device can regenerate exactly its own members,
-which is what makes a sharded run reproduce a single-device one. No noise is stored:
-``tell`` recovers ``ε_i = (x_i - θ) / σ`` from the population it is given, so the only
-``(population_size, num_dims)`` array alive in a generation is the population itself, and the
-state holds O(num_dims) memory (mean, optimizer moments, best solution).
+Noise and memory. Member ``i``'s noise is row ``i mod n/2`` of
+:func:`esjax.prng.member_normals` under the generation's key (negated for the mirrored half), a
+function of ``(key, i)`` alone. No noise is stored: the update recovers ``ε_i = (x_i - θ) / σ``
+from the members, so the only ``(population_size, num_dims)`` array alive in a generation is the
+population itself, and the state holds O(num_dims) memory (mean, optimizer moments, best).
+
+The strategy declares its sharded decomposition (:class:`esjax.base.Decomposition`): members
+from ``(key, i)``, weights from the whole generation's fitness (and ``‖x_i‖²`` for weight decay),
+the one sum ``Σ_i u_i (x_i - θ)``, and the optimizer step from that sum. A sharded run therefore
+moves only fitness values and one ``(num_dims,)`` sum between devices (Salimans et al.'s
+shared-seed idea, without a noise table).
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,19 +36,15 @@ from flax import struct
 
 from esjax import shaping
 from esjax.base import (
+    Capabilities,
+    Decomposition,
     Strategy,
     StrategyState,
-    check_fitness,
     check_int,
-    check_params,
-    check_population,
     check_range,
-    init_best,
-    params_to_arrays,
-    update_best,
+    make_strategy,
 )
-from esjax.flatten import flatten_x0
-from esjax.prng import standard_normal
+from esjax.prng import member_normals
 
 FITNESS_SHAPINGS = ("centered_ranks", "z_score", "raw")
 
@@ -87,25 +84,6 @@ class OpenAIESState(StrategyState):
     params: OpenAIESParams
 
 
-class OpenAIESUpdate(NamedTuple):
-    """The two halves of ``tell``, shared with the sharded generation of :mod:`esjax.distributed`.
-
-    A sharded run never assembles the population: each device holds its own members, so it needs
-    ``tell`` split at the one reduction over members, ``Σ_i u_i (x_i - θ)``.
-
-    Attributes:
-      antithetic: whether members ``i`` and ``i + n/2`` are mirrored (see :func:`perturbations`).
-      weights: ``(state, fitness, squared_norms) -> u``, the ``(population_size,)`` shaped weights
-        from the raw fitness and ``||x_i||²`` (the weight-decay term).
-      apply_gradient: ``(state, weighted_sum) -> state`` with ``weighted_sum = Σ_i u_i (x_i - θ)``;
-        steps the mean, σ, optimizer state and generation (the best-so-far is left to the caller).
-    """
-
-    antithetic: bool
-    weights: Callable[[OpenAIESState, jax.Array, jax.Array], jax.Array]
-    apply_gradient: Callable[[OpenAIESState, jax.Array], OpenAIESState]
-
-
 def weighted_deviation_sum(
     weights: jax.Array, members: jax.Array, mean: jax.Array, num_chunks: int = 8
 ) -> jax.Array:
@@ -139,11 +117,6 @@ def weighted_deviation_sum(
     return total.astype(dtype)
 
 
-def update_rule(es: Strategy) -> OpenAIESUpdate | None:
-    """The :class:`OpenAIESUpdate` of a strategy built by :func:`openai_es` (``None`` otherwise)."""
-    return getattr(es.tell, "update_rule", None)
-
-
 def perturbations(
     key: jax.Array,
     indices: jax.Array,
@@ -166,8 +139,7 @@ def perturbations(
         base, sign = indices % half, jnp.where(indices < half, 1.0, -1.0)
     else:
         base, sign = indices, jnp.ones(indices.shape)
-    noise = standard_normal(key, (indices.shape[0], num_dims), dtype, rows=base)
-    return sign.astype(dtype)[:, None] * noise
+    return sign.astype(dtype)[:, None] * member_normals(key, base, num_dims, dtype)
 
 
 def openai_es(
@@ -205,6 +177,8 @@ def openai_es(
       >>> state = es.tell(state, population, jnp.sum(population**2, axis=1))
     """
     population_size = check_int("population_size", population_size, 2)
+    if not isinstance(antithetic, bool):
+        raise TypeError(f"antithetic must be True or False, got {antithetic!r}")
     if antithetic and population_size % 2:
         raise ValueError(
             f"population_size must be even when antithetic=True, got {population_size}"
@@ -224,91 +198,78 @@ def openai_es(
         )
     if optimizer is None:
         optimizer = optax.adam(0.01 if learning_rate is None else learning_rate)
-    default_params = OpenAIESParams(
-        sigma=sigma, sigma_decay=sigma_decay, sigma_limit=sigma_limit, weight_decay=weight_decay
-    )
-    check_params(default_params, PARAM_RANGES)
 
-    def init(key: jax.Array, x0, params: OpenAIESParams | None = None) -> OpenAIESState:
+    def init(key: jax.Array, mean: jax.Array, params: OpenAIESParams) -> dict:
         del key  # the initial state is deterministic
-        params = default_params if params is None else params
-        check_params(params, PARAM_RANGES)
-        mean, spec = flatten_x0(x0)
-        best_solution, best_fitness = init_best(mean)
-        return OpenAIESState(
-            best_solution=best_solution,
-            best_fitness=best_fitness,
-            generation=jnp.array(0, jnp.int32),
-            spec=spec,
-            mean=mean,
-            sigma=jnp.asarray(params.sigma, mean.dtype),
-            opt_state=optimizer.init(mean),
-            params=params_to_arrays(params, mean.dtype),
+        return {"mean": mean, "sigma": params.sigma, "opt_state": optimizer.init(mean)}
+
+    def sample(key: jax.Array, state: OpenAIESState, indices: jax.Array) -> jax.Array:
+        noise = perturbations(
+            key, indices, state.num_dims, population_size, antithetic, state.mean.dtype
         )
+        return state.mean + state.sigma * noise
 
     def ask(key: jax.Array, state: OpenAIESState) -> tuple[jax.Array, OpenAIESState]:
-        dtype = state.mean.dtype
-        if antithetic:
-            # Draw each mirrored pair's noise once: the same values perturbations() gives for
-            # members i and i + n/2, at half the RNG cost.
-            half = population_size // 2
-            noise = perturbations(
-                key, jnp.arange(half), state.num_dims, population_size, antithetic, dtype
-            )
-            noise = jnp.concatenate([noise, -noise])
-        else:
-            noise = perturbations(
-                key, jnp.arange(population_size), state.num_dims, population_size, antithetic, dtype
-            )
-        return state.mean + state.sigma * noise, state
+        if not antithetic:
+            return sample(key, state, jnp.arange(population_size)), state
+        # Each mirrored pair's noise drawn once: the rows sample() gives members i and i + n/2.
+        half = population_size // 2
+        noise = perturbations(
+            key, jnp.arange(half), state.num_dims, population_size, True, state.mean.dtype
+        )
+        return state.mean + state.sigma * jnp.concatenate([noise, -noise]), state
 
-    def fitness_weights(
-        state: OpenAIESState, fitness: jax.Array, squared_norms: jax.Array
-    ) -> jax.Array:
-        shaped = shaping.sanitize(fitness) + state.params.weight_decay * squared_norms
+    def squared_norms(state: OpenAIESState, members: jax.Array) -> jax.Array:
+        return jnp.sum(jnp.square(members), axis=-1)
+
+    def weights(state: OpenAIESState, fitness: jax.Array, norms: jax.Array) -> jax.Array:
+        shaped = shaping.sanitize(fitness) + state.params.weight_decay * norms
         if fitness_shaping == "centered_ranks":
-            weights = shaping.centered_ranks(shaped)
+            shaped = shaping.centered_ranks(shaped)
         elif fitness_shaping == "z_score":
-            weights = shaping.z_score(shaped)
+            shaped = shaping.z_score(shaped)
         else:
             finite = jnp.isfinite(shaped)
             worst = jnp.max(jnp.where(finite, shaped, -jnp.inf))
-            weights = jnp.where(finite, shaped, jnp.where(jnp.isfinite(worst), worst, 0.0))
-        return weights.astype(state.mean.dtype)
+            shaped = jnp.where(finite, shaped, jnp.where(jnp.isfinite(worst), worst, 0.0))
+        return shaped.astype(state.mean.dtype)
 
-    def apply_gradient(state: OpenAIESState, weighted_sum: jax.Array) -> OpenAIESState:
+    def statistics(state: OpenAIESState, members: jax.Array, weights: jax.Array) -> jax.Array:
+        # Σ u_i (x_i - θ) = σ Σ u_i ε_i, a block of members at a time: no stored noise.
+        return weighted_deviation_sum(weights, members, state.mean)
+
+    def apply(state: OpenAIESState, weighted_sum: jax.Array, fitness: jax.Array) -> OpenAIESState:
         # g = 1/(nσ) Σ u_i ε_i = Σ u_i (x_i - θ) / (nσ²).
         grad = weighted_sum / (population_size * state.sigma**2)
         updates, opt_state = optimizer.update(grad, state.opt_state, state.mean)
-        mean = optax.apply_updates(state.mean, updates)
         sigma = jnp.maximum(state.sigma * state.params.sigma_decay, state.params.sigma_limit)
         return state.replace(
-            mean=mean,
+            mean=optax.apply_updates(state.mean, updates),
             sigma=sigma.astype(state.sigma.dtype),
             opt_state=opt_state,
-            generation=state.generation + 1,
         )
 
-    def tell(state: OpenAIESState, population: jax.Array, fitness: jax.Array) -> OpenAIESState:
-        fitness = check_fitness(fitness, population_size)
-        check_population(population, population_size, state.num_dims)
-        weights = fitness_weights(state, fitness, jnp.sum(jnp.square(population), axis=-1))
-        # ε_i = (x_i - θ)/σ is recovered from the population, a block of members at a time: no
-        # stored noise.
-        told = apply_gradient(state, weighted_deviation_sum(weights, population, state.mean))
-        return told.replace(**update_best(state, population, fitness))
-
-    tell.update_rule = OpenAIESUpdate(antithetic, fitness_weights, apply_gradient)
-
-    def info(state: OpenAIESState) -> dict:
-        return {"sigma": state.sigma}
-
-    return Strategy(
+    return make_strategy(
         name="openai_es",
         population_size=population_size,
-        default_params=default_params,
+        default_params=OpenAIESParams(
+            sigma=sigma, sigma_decay=sigma_decay, sigma_limit=sigma_limit, weight_decay=weight_decay
+        ),
+        param_checks=PARAM_RANGES,
+        state_type=OpenAIESState,
         init=init,
         ask=ask,
-        tell=tell,
-        info=info,
+        info=lambda state: {"sigma": state.sigma},
+        capabilities=Capabilities(
+            decomposition=Decomposition(sample, weights, statistics, apply, squared_norms)
+        ),
     )
+
+
+__all__ = [
+    "OpenAIESParams",
+    "OpenAIESState",
+    "openai_es",
+    "perturbations",
+    "weighted_deviation_sum",
+]

@@ -43,13 +43,10 @@ Ask and tell. ``init`` needs no evaluated population: the first ``ask`` returns 
 and the first ``tell`` sets the personal bests; every later ``ask`` moves the swarm. Non-finite
 fitness never becomes a personal best, so it never enters a velocity.
 
-Randomness. A move draws ``3 d + 1`` numbers per particle (``U1, U2, z, ρ``), far more than the
-``O(d)`` arithmetic around them, so the draws set the speed of a large swarm. In float32,
+Randomness. A move draws ``3 d + 1`` numbers per particle (``U1, U2, z, ρ``). In float32,
 ``U1`` and ``U2`` are the two words of one Threefry block and ``z`` the first word of another
-(:func:`~esjax.prng.random_pairs`): XLA runs the cipher inside the kernels that use the words,
-once per element, instead of writing the random bits to memory; ``z``'s second word is left
-unused because sharing a block between two elements would run it once for each. (Float64 draws
-64-bit words with :func:`~esjax.prng.random_bits`.) All of them are a function of the key given
+(:func:`~esjax.prng.random_pairs`); ``z``'s second word is left unused. (Float64 draws 64-bit
+words with :func:`~esjax.prng.random_bits`.) All of them are a function of the key given
 to ``ask`` alone (so every device of a sharded run draws the same swarm); ``z`` is ``erf⁻¹`` of
 a uniform on the open interval ``(-1, 1)``, a normal up to the factor ``√2`` that ``z / ||z||``
 drops. ``coefficients="per_particle"`` shares ``U1, U2`` across a particle's coordinates (see
@@ -66,18 +63,7 @@ import numpy as np
 from flax import struct
 
 from esjax import shaping
-from esjax.base import (
-    Strategy,
-    StrategyState,
-    check_fitness,
-    check_int,
-    check_params,
-    check_population,
-    init_best,
-    params_to_arrays,
-    update_best,
-)
-from esjax.flatten import flatten_x0
+from esjax.base import Capabilities, Strategy, StrategyState, check_int, make_strategy
 from esjax.prng import (
     float_bits_type,
     random_bits,
@@ -94,7 +80,8 @@ BOUNDS_HANDLING = ("clip", "reflect")
 
 @struct.dataclass
 class PSOParams:
-    """Numeric hyperparameters (state leaves, so they can be vmapped over).
+    """Numeric hyperparameters (state leaves, so they can be vmapped over). Their defaults are
+    :func:`pso`'s arguments: start from ``es.default_params``.
 
     Attributes:
       inertia: ``w`` (>= 0).
@@ -104,11 +91,11 @@ class PSOParams:
       init_spread: half-width of the initial box around ``x0`` when no bounds are given (> 0).
     """
 
-    inertia: float | jax.Array = 1.0 / (2.0 * math.log(2.0))
-    cognitive: float | jax.Array = 0.5 + math.log(2.0)
-    social: float | jax.Array = 0.5 + math.log(2.0)
-    max_velocity: float | jax.Array = 0.0
-    init_spread: float | jax.Array = 1.0
+    inertia: float | jax.Array
+    cognitive: float | jax.Array
+    social: float | jax.Array
+    max_velocity: float | jax.Array
+    init_spread: float | jax.Array
 
 
 PARAM_RANGES = {
@@ -229,13 +216,15 @@ def pso(
         ``"classic"`` (per-dimension inertia-weight update).
       coefficients: ``"per_dimension"`` (``U1, U2`` drawn for every coordinate, as SPSO-2011
         specifies; default) or ``"per_particle"`` (one ``U1`` and one ``U2`` per particle, shared
-        by its coordinates: "linear" PSO, the update rule of evosax 0.3's PSO). The per-particle
-        update is invariant to rotations of the search space (bounds, ``max_velocity`` and the
-        initial box are not), but with the classic update a particle then moves only within the
-        span of its velocity and its two attractors, and the swarm can stall in a subspace
-        (Wilke, Kok & Groenwold, "Comparison of linear and classical velocity update rules in
-        particle swarm optimization: notes on diversity", 2007); SPSO-2011's hypersphere point
-        still adds a random direction. It draws ``d + 3`` numbers per particle instead of
+        by its coordinates: "linear" PSO). Choose ``"per_particle"`` when the update should be
+        invariant to rotations of the search space: per-dimension coefficients move each
+        coordinate separately and so favour the coordinate axes, while shared ones scale the
+        whole attractor directions (bounds, ``max_velocity`` and the initial box remain
+        axis-aligned). The cost is diversity: with the classic update a particle then moves only
+        within the span of its velocity and its two attractors, and the swarm can stall in a
+        subspace (Wilke, Kok & Groenwold, "Comparison of linear and classical velocity update
+        rules in particle swarm optimization: notes on diversity", 2007); SPSO-2011's hypersphere
+        point still adds a random direction. It draws ``d + 3`` numbers per particle instead of
         ``3 d + 1`` (``2`` instead of ``2 d`` for ``"classic"``).
       inertia: ``w`` (>= 0), default ``1 / (2 ln 2)``.
       cognitive: ``c1`` (>= 0), default ``0.5 + ln 2``.
@@ -273,14 +262,6 @@ def pso(
             f"for the ring topology, got {num_neighbors}"
         )
     bounds = _check_bounds(lower_bound, upper_bound)
-    default_params = PSOParams(
-        inertia=inertia,
-        cognitive=cognitive,
-        social=social,
-        max_velocity=max_velocity,
-        init_spread=init_spread,
-    )
-    check_params(default_params, PARAM_RANGES)
     indices = jnp.arange(population_size)
 
     def bounds_like(vector: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -292,11 +273,7 @@ def pso(
                 )
         return tuple(jnp.broadcast_to(jnp.asarray(b, vector.dtype), shape) for b in bounds)
 
-    def init(key: jax.Array, x0, params: PSOParams | None = None) -> PSOState:
-        params = default_params if params is None else params
-        check_params(params, PARAM_RANGES)
-        mean, spec = flatten_x0(x0)
-        params = params_to_arrays(params, mean.dtype)
+    def init(key: jax.Array, mean: jax.Array, params: PSOParams) -> dict:
         if bounds is None:
             lower, upper = mean - params.init_spread, mean + params.init_spread
         else:
@@ -308,21 +285,15 @@ def pso(
         # x ~ U(lower, upper), then v ~ U(lower - x, upper - x): x + v is again in the box.
         positions = jnp.clip(lower + width * uniform_from_bits(bits[0], mean.dtype), lower, upper)
         velocities = (lower - positions) + width * uniform_from_bits(bits[1], mean.dtype)
-        best_solution, best_fitness = init_best(mean)
-        return PSOState(
-            best_solution=best_solution,
-            best_fitness=best_fitness,
-            generation=jnp.array(0, jnp.int32),
-            spec=spec,
-            positions=positions,
-            velocities=velocities,
-            personal_best=positions,
+        return {
+            "positions": positions,
+            "velocities": velocities,
+            "personal_best": positions,
             # The largest finite float, not +inf: the state stays finite before evaluation.
-            personal_best_fitness=jnp.full(
+            "personal_best_fitness": jnp.full(
                 (population_size,), jnp.finfo(mean.dtype).max, mean.dtype
             ),
-            params=params,
-        )
+        }
 
     def move_velocity(key: jax.Array, state: PSOState) -> jax.Array:
         """The new velocities before confinement to the bounds."""
@@ -377,17 +348,14 @@ def pso(
             positions = jnp.where(first, x, positions)
         return positions, state.replace(positions=positions, velocities=velocities)
 
-    def tell(state: PSOState, population: jax.Array, fitness: jax.Array) -> PSOState:
-        fitness = check_fitness(fitness, population_size)
-        check_population(population, population_size, state.num_dims)
+    def update_swarm(state: PSOState, population: jax.Array, fitness: jax.Array) -> PSOState:
+        # NaN (a member that carries no information) sanitizes to +inf: never a personal best.
         safe = shaping.sanitize(fitness).astype(state.personal_best_fitness.dtype)
         improved = safe < state.personal_best_fitness
         return state.replace(
             positions=population,
             personal_best=jnp.where(improved[:, None], population, state.personal_best),
             personal_best_fitness=jnp.where(improved, safe, state.personal_best_fitness),
-            generation=state.generation + 1,
-            **update_best(state, population, fitness),
         )
 
     def info(state: PSOState) -> dict:
@@ -400,14 +368,23 @@ def pso(
             "mean_speed": jnp.mean(jnp.linalg.norm(state.velocities, axis=1)),
         }
 
-    return Strategy(
+    return make_strategy(
         name="pso",
         population_size=population_size,
-        default_params=default_params,
+        default_params=PSOParams(
+            inertia=inertia,
+            cognitive=cognitive,
+            social=social,
+            max_velocity=max_velocity,
+            init_spread=init_spread,
+        ),
+        param_checks=PARAM_RANGES,
+        state_type=PSOState,
         init=init,
         ask=ask,
-        tell=tell,
+        update=update_swarm,  # not `update`: that name is the update-rule argument
         info=info,
+        capabilities=Capabilities(solution="best_solution", init_uses_key=True, bounds=bounds),
     )
 
 
@@ -432,3 +409,18 @@ def _check_bounds(lower, upper) -> tuple[np.ndarray, np.ndarray] | None:
     if not np.all(lower < upper):
         raise ValueError("lower_bound must be smaller than upper_bound in every coordinate")
     return lower, upper
+
+
+__all__ = [
+    "BOUNDS_HANDLING",
+    "COEFFICIENTS",
+    "PARAM_RANGES",
+    "TOPOLOGIES",
+    "UPDATES",
+    "PSOParams",
+    "PSOState",
+    "informant_best",
+    "pso",
+    "reflect_into",
+    "swarm_draws",
+]

@@ -22,10 +22,11 @@ problems stay hard.
 
 Everything else follows :mod:`esjax.strategies.cma_es`: NaN/inf fitness gets weight zero;
 variances are kept above ``max(c) · eps²``; ``es.info`` reports the same termination signals.
-Sampling draws the whole ``(λ, n)`` block of normals at once with
-:func:`esjax.prng.standard_normal` (one fused Threefry kernel; member ``i`` still
-depends on ``(key, i)`` alone): with ``O(λ n)`` arithmetic per generation, the ``λ n`` draws
-dominate, and ``jax.random.normal`` per member is several times slower on CPU.
+
+Sharded decomposition. Member ``i`` is ``m + σ √c ⊙ z_i`` with ``z_i`` from
+:func:`esjax.prng.member_normals` of ``(key, i)``, and the whole update needs only the ranks
+(from the fitness) and two weighted sums over members, ``Σ w_i y_i`` and ``Σ w_i y_i²``, so a
+sharded run exchanges fitness values and one ``(2, n)`` sum, never the population.
 """
 
 from __future__ import annotations
@@ -34,29 +35,20 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from esjax.base import (
-    Strategy,
-    StrategyState,
-    check_fitness,
-    check_int,
-    check_population,
-    init_best,
-    params_to_arrays,
-)
-from esjax.flatten import flatten_x0
-from esjax.prng import standard_normal
-from esjax.strategies.cma_es import (
-    LEARNING_RATES,
-    check_cma_params,
+from esjax.base import Capabilities, Decomposition, Strategy, StrategyState, make_strategy
+from esjax.prng import member_normals
+from esjax.strategies.cma_core import (
+    PARAM_RANGES,
+    check_population_size,
     check_sigma_bounds,
     cma_info,
     default_hyperparameters,
-    default_population_size,
+    fitness_histories,
     history_length,
-    next_state,
     preliminary_weights,
     rank_members,
     recombination_weights,
+    resolve_learning_rates,
     step_size_update,
 )
 
@@ -134,74 +126,62 @@ def sep_cma_es(
       sigma_bounds: ``(sigma_min, sigma_max)`` clip for ``σ``.
 
     Returns:
-      A :class:`~esjax.base.Strategy` that minimises, O(n) state.
+      A :class:`~esjax.base.Strategy` that minimises, O(n) state, with a sharded decomposition
+      (members from ``(key, i)``, the update from two weighted sums) and CMA-ES's termination
+      signal.
 
     Example:
       >>> es = sep_cma_es(num_dims=100_000, sigma=0.05)     # λ = 38
       >>> state = es.init(jax.random.key(0), jnp.zeros(100_000))
     """
-    if num_dims is not None:
-        num_dims = check_int("num_dims", num_dims, 1)
-    if population_size is None:
-        if num_dims is None:
-            raise ValueError(
-                "population_size is None, so the default 4 + floor(3 ln n) needs num_dims: "
-                "pass population_size=... or num_dims=..."
-            )
-        population_size = default_population_size(num_dims)
-    population_size = check_int("population_size", population_size, 2)
-    num_parents = population_size // 2 if num_parents is None else num_parents
-    num_parents = check_int("num_parents", num_parents, 1, population_size)
+    population_size, num_parents, num_dims = check_population_size(
+        population_size, num_parents, num_dims
+    )
     sigma_min, sigma_max = check_sigma_bounds(sigma_bounds)
-    default_params = SepCMAESParams(sigma=sigma, sigma_min=sigma_min, sigma_max=sigma_max)
-    check_cma_params(default_params)
     preliminary = preliminary_weights(population_size, num_parents)
 
-    def init(key: jax.Array, x0, params: SepCMAESParams | None = None) -> SepCMAESState:
-        del key  # the initial state is deterministic
-        params = default_params if params is None else params
-        check_cma_params(params)
-        mean, spec = flatten_x0(x0)
-        n, dtype = spec.num_dims, mean.dtype
+    def resolve(params: SepCMAESParams, n: int) -> SepCMAESParams:
         if num_dims is not None and n != num_dims:
             raise ValueError(
                 f"x0 has {n} entries but the strategy was built with num_dims={num_dims}"
             )
-        defaults = sep_default_hyperparameters(n, population_size, num_parents)
-        filled = {name: defaults[name] for name in LEARNING_RATES if getattr(params, name) is None}
-        if params.tolx is None:
-            filled["tolx"] = 1e-12 * jnp.asarray(params.sigma)
-        params = params_to_arrays(params.replace(**filled), dtype)
-        best_solution, best_fitness = init_best(mean)
-        length = history_length(n, population_size)
-        return SepCMAESState(
-            best_solution=best_solution,
-            best_fitness=best_fitness,
-            generation=jnp.array(0, jnp.int32),
-            spec=spec,
-            mean=mean,
-            sigma=params.sigma,
-            variances=jnp.ones(n, dtype),
-            path_sigma=jnp.zeros(n, dtype),
-            path_c=jnp.zeros(n, dtype),
-            weights=recombination_weights(preliminary, n, params.c_1, params.c_mu, False, dtype),
-            best_history=jnp.zeros(length, dtype),
-            median_history=jnp.zeros(length, dtype),
-            fitness_max=jnp.array(0, dtype),
-            params=params,
+        return resolve_learning_rates(
+            params, sep_default_hyperparameters(n, population_size, num_parents)
         )
 
-    def ask(key: jax.Array, state: SepCMAESState) -> tuple[jax.Array, SepCMAESState]:
-        z = standard_normal(key, (population_size, state.num_dims), state.mean.dtype)
-        return state.mean + state.sigma * jnp.sqrt(state.variances) * z, state
+    def init(key: jax.Array, mean: jax.Array, params: SepCMAESParams) -> dict:
+        del key  # the initial state is deterministic
+        n, dtype = mean.shape[0], mean.dtype
+        length = history_length(n, population_size)
+        return {
+            "mean": mean,
+            "sigma": params.sigma,
+            "variances": jnp.ones(n, dtype),
+            "path_sigma": jnp.zeros(n, dtype),
+            "path_c": jnp.zeros(n, dtype),
+            "weights": recombination_weights(preliminary, n, params.c_1, params.c_mu, False, dtype),
+            "best_history": jnp.zeros(length, dtype),
+            "median_history": jnp.zeros(length, dtype),
+            "fitness_max": jnp.array(0, dtype),
+        }
 
-    def tell(state: SepCMAESState, population: jax.Array, fitness: jax.Array) -> SepCMAESState:
-        fitness = check_fitness(fitness, population_size)
-        check_population(population, population_size, state.num_dims)
+    def sample(key: jax.Array, state: SepCMAESState, indices: jax.Array) -> jax.Array:
+        z = member_normals(key, indices, state.num_dims, state.mean.dtype)  # eq. 38
+        return state.mean + state.sigma * jnp.sqrt(state.variances) * z  # eqs. 39-40
+
+    def weights(state: SepCMAESState, fitness: jax.Array, scalars: None) -> jax.Array:
+        """Each member's recombination weight (by its rank; zero for non-finite fitness)."""
+        order, by_rank, _, _ = rank_members(state.weights, fitness)
+        return jnp.zeros_like(by_rank).at[order].set(by_rank)
+
+    def statistics(state: SepCMAESState, members: jax.Array, weights: jax.Array) -> dict:
+        steps = (members - state.mean) / state.sigma  # y_i
+        return {"step": weights @ steps, "squares": weights @ jnp.square(steps)}
+
+    def apply(state: SepCMAESState, totals: dict, fitness: jax.Array) -> SepCMAESState:
         params = state.params
-        order, weights, mu_eff, any_finite = rank_members(state.weights, fitness)
-        steps = (population[order] - state.mean) / state.sigma  # y_{i:λ}
-        step = weights @ steps  # eq. 41 (all weights are >= 0 here)
+        _, by_rank, mu_eff, any_finite = rank_members(state.weights, fitness)
+        step = totals["step"]  # ⟨y⟩_w, eq. 41 (all weights are >= 0 here)
         mean = state.mean + params.c_m * state.sigma * step  # eq. 42
         path_sigma, sigma, h_sigma = step_size_update(
             state.path_sigma,
@@ -218,13 +198,12 @@ def sep_cma_es(
         ) * step  # eq. 45
         delta_h = (1 - h_sigma) * c_c * (2 - c_c)
         variances = (
-            (1 + c_1 * delta_h - c_1 - c_mu * jnp.sum(weights)) * state.variances
+            (1 + c_1 * delta_h - c_1 - c_mu * jnp.sum(by_rank)) * state.variances
             + c_1 * jnp.square(path_c)
-            + c_mu * weights @ jnp.square(steps)
+            + c_mu * totals["squares"]
         )  # eq. 47 on the diagonal
         eps = jnp.finfo(variances.dtype).eps
         variances = jnp.maximum(variances, jnp.max(variances) * eps**2)
-
         updated = {
             "mean": mean,
             "sigma": sigma,
@@ -232,7 +211,7 @@ def sep_cma_es(
             "path_sigma": path_sigma,
             "path_c": path_c,
         }
-        return next_state(state, population, fitness, any_finite, updated)
+        return state.replace(**fitness_histories(state, fitness, any_finite, updated))
 
     def info(state: SepCMAESState) -> dict:
         stds = jnp.sqrt(state.variances)
@@ -243,12 +222,20 @@ def sep_cma_es(
             state, population_size, coordinate_stds=stds, axis_step=axis_step, condition=condition
         )
 
-    return Strategy(
+    return make_strategy(
         name="sep_cma_es",
         population_size=population_size,
-        default_params=default_params,
+        default_params=SepCMAESParams(sigma=sigma, sigma_min=sigma_min, sigma_max=sigma_max),
+        param_checks=PARAM_RANGES,
+        resolve_params=resolve,
+        state_type=SepCMAESState,
         init=init,
-        ask=ask,
-        tell=tell,
         info=info,
+        capabilities=Capabilities(
+            termination=lambda state: info(state)["stop"],
+            decomposition=Decomposition(sample, weights, statistics, apply),
+        ),
     )
+
+
+__all__ = ["SepCMAESParams", "SepCMAESState", "sep_cma_es", "sep_default_hyperparameters"]

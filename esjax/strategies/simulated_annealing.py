@@ -43,9 +43,9 @@ Non-finite proposals (NaN, ±inf) are always rejected.
 
 Randomness. Chain ``i``'s proposal noise and its acceptance draw ``u_i`` both come from row ``i``
 of one :func:`esjax.prng.random_bits` draw under the key given to ``ask`` (a function of the key,
-``i`` and the dimension alone; one fused kernel for the whole population, several times faster
-on CPU than per-chain ``jax.random`` calls); ``ask`` stores the ``n`` draws ``u_i`` in the state
-for ``tell``, which therefore needs no key of its own (and the state holds no PRNG key).
+``i`` and the dimension alone, drawn for the whole population at once); ``ask`` stores the ``n``
+draws ``u_i`` in the state for ``tell``, which therefore needs no key of its own (and the state
+holds no PRNG key).
 """
 
 from __future__ import annotations
@@ -58,18 +58,14 @@ from flax import struct
 
 from esjax import shaping
 from esjax.base import (
+    Capabilities,
     Strategy,
     StrategyState,
-    check_fitness,
     check_int,
     check_params,
-    check_population,
     check_range,
-    init_best,
-    params_to_arrays,
-    update_best,
+    make_strategy,
 )
-from esjax.flatten import flatten_x0
 from esjax.prng import float_bits_type, normal_from_bits, random_bits, uniform_from_bits
 
 COOLING_SCHEDULES = ("exponential", "linear", "logarithmic")
@@ -79,7 +75,8 @@ CoolingSchedule = Callable[[jax.Array, jax.Array], jax.Array]
 
 @struct.dataclass
 class SimulatedAnnealingParams:
-    """Numeric hyperparameters (state leaves, so they can be vmapped over).
+    """Numeric hyperparameters (state leaves, so they can be vmapped over). Their defaults are
+    :func:`simulated_annealing`'s arguments: start from ``es.default_params``.
 
     Attributes:
       initial_temperature: ``T0`` (>= 0), in units of the fitness.
@@ -92,15 +89,15 @@ class SimulatedAnnealingParams:
       reheat_patience: generations without a new best before re-annealing (>= 0; 0: never).
     """
 
-    initial_temperature: float | jax.Array = 1.0
-    cooling_rate: float | jax.Array = 0.01
-    min_temperature: float | jax.Array = 0.0
-    step_size: float | jax.Array = 0.1
-    target_acceptance: float | jax.Array = 0.234
-    step_size_adaptation: float | jax.Array = 0.02
-    min_step_size: float | jax.Array = 1e-10
-    max_step_size: float | jax.Array = 1e6
-    reheat_patience: float | jax.Array = 0
+    initial_temperature: float | jax.Array
+    cooling_rate: float | jax.Array
+    min_temperature: float | jax.Array
+    step_size: float | jax.Array
+    target_acceptance: float | jax.Array
+    step_size_adaptation: float | jax.Array
+    min_step_size: float | jax.Array
+    max_step_size: float | jax.Array
+    reheat_patience: float | jax.Array
 
 
 PARAM_RANGES = {
@@ -227,45 +224,21 @@ def simulated_annealing(
             f"cooling_schedule must be one of {COOLING_SCHEDULES} or a callable (k, T0) -> T, "
             f"got {cooling_schedule!r}"
         )
-    default_params = SimulatedAnnealingParams(
-        initial_temperature=initial_temperature,
-        cooling_rate=cooling_rate,
-        min_temperature=min_temperature,
-        step_size=step_size,
-        target_acceptance=target_acceptance,
-        step_size_adaptation=step_size_adaptation,
-        min_step_size=min_step_size,
-        max_step_size=max_step_size,
-        reheat_patience=reheat_patience,
-    )
-    _check(default_params)
 
-    def init(
-        key: jax.Array, x0, params: SimulatedAnnealingParams | None = None
-    ) -> SimulatedAnnealingState:
+    def init(key: jax.Array, mean: jax.Array, params: SimulatedAnnealingParams) -> dict:
         del key  # every chain starts at x0; the first ask spreads them out
-        params = default_params if params is None else params
-        _check(params)
-        mean, spec = flatten_x0(x0)
-        params = params_to_arrays(params, mean.dtype)
-        best_solution, best_fitness = init_best(mean)
         zero = jnp.array(0, jnp.int32)
-        return SimulatedAnnealingState(
-            best_solution=best_solution,
-            best_fitness=best_fitness,
-            generation=zero,
-            spec=spec,
-            positions=jnp.broadcast_to(mean, (population_size, spec.num_dims)),
-            fitness=jnp.full((population_size,), jnp.finfo(mean.dtype).max, mean.dtype),
-            step_size=jnp.full((population_size,), params.step_size, mean.dtype),
-            temperature=scheduled_temperature(cooling_schedule, zero, params),
-            anneal_step=zero,
-            stagnation=zero,
-            num_reheats=zero,
-            acceptance_draws=jnp.ones((population_size,), mean.dtype),
-            acceptance_rate=jnp.zeros((), mean.dtype),
-            params=params,
-        )
+        return {
+            "positions": jnp.broadcast_to(mean, (population_size, mean.shape[0])),
+            "fitness": jnp.full((population_size,), jnp.finfo(mean.dtype).max, mean.dtype),
+            "step_size": jnp.full((population_size,), params.step_size, mean.dtype),
+            "temperature": scheduled_temperature(cooling_schedule, zero, params),
+            "anneal_step": zero,
+            "stagnation": zero,
+            "num_reheats": zero,
+            "acceptance_draws": jnp.ones((population_size,), mean.dtype),
+            "acceptance_rate": jnp.zeros((), mean.dtype),
+        }
 
     def ask(
         key: jax.Array, state: SimulatedAnnealingState
@@ -274,15 +247,14 @@ def simulated_annealing(
         proposals = state.positions + state.step_size[:, None] * noise
         return proposals, state.replace(acceptance_draws=draws)
 
-    def tell(
+    def update(
         state: SimulatedAnnealingState, population: jax.Array, fitness: jax.Array
     ) -> SimulatedAnnealingState:
-        fitness = check_fitness(fitness, population_size)
-        check_population(population, population_size, state.num_dims)
         params = state.params
         proposed = shaping.sanitize(fitness).astype(state.fitness.dtype)
         # Metropolis: u < exp(-Δ/T) ⇔ T log u < -Δ. Never divides by T, so T = 0 is greedy; a
-        # finite proposal always beats a chain that has none yet, and a non-finite one never wins.
+        # finite proposal always beats a chain that has none yet, and a non-finite one (NaN: no
+        # information) never wins.
         downhill = proposed <= state.fitness
         uphill = state.temperature * jnp.log(state.acceptance_draws) < state.fitness - proposed
         accepted = jnp.isfinite(proposed) & (downhill | uphill)
@@ -300,8 +272,9 @@ def simulated_annealing(
             params.max_step_size,
         )
 
-        best = update_best(state, population, fitness)
-        improved = best["best_fitness"] < state.best_fitness
+        # Whether this generation improves the best-ever fitness (make_strategy records the new
+        # best after this update; `state` still holds the previous one).
+        improved = jnp.min(proposed) < state.best_fitness
         stagnation = jnp.where(improved, 0, state.stagnation + 1)
         reheat = (params.reheat_patience > 0) & (stagnation >= params.reheat_patience)
         anneal_step = jnp.where(reheat, 0, state.anneal_step + 1)
@@ -314,8 +287,6 @@ def simulated_annealing(
             stagnation=jnp.where(reheat, 0, stagnation).astype(jnp.int32),
             num_reheats=state.num_reheats + reheat.astype(jnp.int32),
             acceptance_rate=jnp.mean(accepted.astype(proposed.dtype)),
-            generation=state.generation + 1,
-            **best,
         )
 
     def info(state: SimulatedAnnealingState) -> dict:
@@ -326,18 +297,32 @@ def simulated_annealing(
             "num_reheats": state.num_reheats,
         }
 
-    return Strategy(
+    return make_strategy(
         name="simulated_annealing",
         population_size=population_size,
-        default_params=default_params,
+        default_params=SimulatedAnnealingParams(
+            initial_temperature=initial_temperature,
+            cooling_rate=cooling_rate,
+            min_temperature=min_temperature,
+            step_size=step_size,
+            target_acceptance=target_acceptance,
+            step_size_adaptation=step_size_adaptation,
+            min_step_size=min_step_size,
+            max_step_size=max_step_size,
+            reheat_patience=reheat_patience,
+        ),
+        param_checks=_check,
+        state_type=SimulatedAnnealingState,
         init=init,
         ask=ask,
-        tell=tell,
+        update=update,
         info=info,
+        capabilities=Capabilities(solution="best_solution"),
     )
 
 
 def _check(params: SimulatedAnnealingParams) -> None:
+    """The ranges of PARAM_RANGES and ``min_step_size <= max_step_size``."""
     check_params(params, PARAM_RANGES)
     check_range(
         "max_step_size", params.max_step_size, _concrete_or_none(params.min_step_size), None
@@ -350,3 +335,15 @@ def _concrete_or_none(value) -> float | None:
         return float(value)
     except (TypeError, jax.errors.ConcretizationTypeError):
         return None
+
+
+__all__ = [
+    "COOLING_SCHEDULES",
+    "PARAM_RANGES",
+    "CoolingSchedule",
+    "SimulatedAnnealingParams",
+    "SimulatedAnnealingState",
+    "chain_draws",
+    "scheduled_temperature",
+    "simulated_annealing",
+]

@@ -280,3 +280,26 @@ def mean_return(
 ) -> jax.Array:
     """Mean return of ``params`` over ``num_episodes`` fresh episodes started from ``key``."""
     return -control_fitness(env, model, num_episodes)(params, key)
+
+
+__all__ = [
+    "CARTPOLE",
+    "ENVS",
+    "Env",
+    "PENDULUM",
+    "PyTree",
+    "angle_normalize",
+    "cartpole",
+    "cartpole_reset",
+    "cartpole_step",
+    "control_fitness",
+    "episode_return",
+    "gymnax_env",
+    "make_env",
+    "mean_return",
+    "pendulum",
+    "pendulum_observe",
+    "pendulum_reset",
+    "pendulum_step",
+    "policy_action",
+]

@@ -140,3 +140,15 @@ TASK_PROBLEMS: dict[str, Callable[..., TaskProblem]] = {
     "cartpole": cartpole,
     "pendulum": pendulum,
 }
+
+
+__all__ = [
+    "TASK_PROBLEMS",
+    "TaskProblem",
+    "cartpole",
+    "control_problem",
+    "digits_mlp",
+    "mnist_mlp",
+    "pendulum",
+    "supervised_problem",
+]

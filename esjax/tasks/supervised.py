@@ -212,3 +212,16 @@ def load_dataset(name: str, **kwargs) -> Dataset:
     if name not in DATASETS:
         raise ValueError(f"dataset name must be one of {sorted(DATASETS)}, got {name!r}")
     return DATASETS[name](**kwargs)
+
+
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "MNIST_IDX_FILES",
+    "from_arrays",
+    "load_dataset",
+    "load_digits",
+    "load_mnist",
+    "read_idx",
+    "split_indices",
+]
