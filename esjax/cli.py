@@ -39,20 +39,32 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         output_dir=args.output_dir,
         resume=args.resume,
+        overwrite=args.overwrite,
         mesh=mesh,
     )
     if not summary["writer"]:
         return 0  # another process of a multi-process run writes and reports
-    at_mean = summary.get("mean_fitness")
+    extras = [
+        f"{label} {summary[key]:.6g}"
+        for key, label in (
+            ("mean_fitness", "fitness at the mean"),
+            ("test_accuracy", "test accuracy"),
+        )
+        if isinstance(summary.get(key), int | float)
+    ]
+    best = summary["best_fitness"]
     print(
         f"{summary['name']}: {summary['strategy']} on {summary['problem']} "
         f"(num_dims={summary['num_dims']}, population={summary['population_size']})\n"
-        f"  generations {summary['generations']}, evaluations {summary['evaluations']}, "
-        f"best fitness {summary['best_fitness']:.6g}"
-        + ("" if at_mean is None else f", fitness at the mean {at_mean:.6g}")
+        f"  generations {summary['generations']} ({summary['stop_reason']}), evaluations "
+        f"{summary['evaluations']}, best fitness {'none finite' if best is None else f'{best:.6g}'}"
+        + "".join(f", {extra}" for extra in extras)
         + f", {summary['seconds_including_compile']:.1f} s\n"
         f"  wrote {summary['run_dir']}/metrics.csv and summary.json"
     )
+    if summary["stop_reason"].startswith("no finite fitness"):
+        print(f"esjax: error: {summary['name']} stopped: {summary['stop_reason']}", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -70,8 +82,20 @@ def _launch(args: argparse.Namespace) -> int:
     return exit_code(results)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("esjax")
+    except PackageNotFoundError:  # run from a source tree without installing
+        from esjax import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="esjax", description="Gradient-free training in JAX.")
+    parser.add_argument("--version", action="version", version=f"esjax {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="run one experiment from a YAML config")
     run_parser.add_argument("config", help="path to a YAML config (see configs/)")
@@ -87,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue from the run folder's checkpoint (bit-identical to an uninterrupted run)",
+    )
+    run_parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run's outputs in the run folder (refused otherwise)",
     )
     run_parser.add_argument(
         "--shard",
@@ -136,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip finished methods and continue the interrupted one from its checkpoint",
     )
+    compare_parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier comparison's outputs in the run folder (refused otherwise)",
+    )
     compare_parser.add_argument("--quiet", action="store_true", help="no progress bars")
     compare_parser.set_defaults(handler=_compare)
     return parser
@@ -153,6 +187,7 @@ def _compare(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
+        overwrite=args.overwrite,
     )
     if result["methods"]:
         print(summary_table(result["methods"], config.target_accuracy))
@@ -166,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, OSError, OverflowError) as error:
+        # Bad configs, arguments and file-system faults (missing, read-only, full disk) are one
+        # line, not a traceback; anything else is a bug and keeps its traceback.
         print(f"esjax: error: {error}", file=sys.stderr)
         return 2
 

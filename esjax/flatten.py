@@ -90,6 +90,12 @@ def flatten(tree: PyTree, dtype: Any = None) -> tuple[jax.Array, FlatSpec]:
     return vector, spec
 
 
+def _is_nnx_module(tree: Any) -> bool:
+    from flax import nnx  # flax is loaded already by esjax.base
+
+    return isinstance(tree, nnx.Module)
+
+
 def search_dtype(x0: PyTree) -> Any:
     """The dtype a strategy searches ``x0`` in: its leaves' common floating type, at least
     float32 (float16/bfloat16 leaves are searched in float32 and handed back in their own dtype).
@@ -97,6 +103,12 @@ def search_dtype(x0: PyTree) -> Any:
     Integer and bool leaves are refused (TypeError naming the leaf): a real-valued search whose
     members are cast back to integers for the fitness function would silently stall.
     """
+    if _is_nnx_module(x0):
+        raise TypeError(
+            f"x0 is a flax.nnx module ({type(x0).__name__}): its batch statistics and RNG state "
+            "are not parameters to search; pass esjax.nn.from_nnx(module).params as x0 (only "
+            "nnx.Param leaves) and build the fitness with esjax.nn"
+        )
     leaves = jax.tree_util.tree_leaves_with_path(x0)
     if not leaves:
         raise ValueError("x0 must contain at least one array leaf, got an empty pytree")

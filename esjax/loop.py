@@ -66,10 +66,12 @@ def generation_metrics(es: Strategy, state: StrategyState, fitness: jax.Array | 
     if fitness is not None and fitness.ndim == 1:
         finite = jnp.isfinite(fitness)
         count = jnp.sum(finite)
+        # A generation without one finite fitness has no statistics: NaN, never a number.
+        none = jnp.where(count > 0, 0.0, jnp.nan).astype(fitness.dtype)
         metrics.update(
-            fitness_min=jnp.min(jnp.where(finite, fitness, jnp.inf)),
-            fitness_mean=jnp.sum(jnp.where(finite, fitness, 0.0)) / jnp.maximum(count, 1),
-            fitness_max=jnp.max(jnp.where(finite, fitness, -jnp.inf)),
+            fitness_min=jnp.min(jnp.where(finite, fitness, jnp.inf)) + none,
+            fitness_mean=jnp.sum(jnp.where(finite, fitness, 0.0)) / jnp.maximum(count, 1) + none,
+            fitness_max=jnp.max(jnp.where(finite, fitness, -jnp.inf)) + none,
             num_nonfinite=fitness.shape[0] - count,
         )
     metrics.update(es.info(state))

@@ -194,10 +194,17 @@ def test_resume_refuses_another_stop_rule_and_fresh_runs_clear_old_results(tmp_p
     stopping = compare.parse_comparison({**ADAM_ONLY, "stop_at_target": True})
     with pytest.raises(checkpoint.CheckpointError, match="stop_at_target"):
         compare.run_comparison(stopping, output_dir=tmp_path, progress=False, resume=True)
-    # A fresh run with another learning rate replaces the old summary and checkpoints, so a
-    # later --resume of the new config finds its own results, not the old ones.
+    # A fresh run into the folder of a finished one is refused, and nothing is deleted; with
+    # overwrite=True it replaces the old summary and checkpoints, so a later --resume of the
+    # new config finds its own results, not the old ones.
     faster = {**ADAM_ONLY, "methods": [{**ADAM_ONLY["methods"][0], "steps": 10}]}
-    compare.run_comparison(compare.parse_comparison(faster), output_dir=tmp_path, progress=False)
+    before = (tmp_path / "adam_only" / "summary.json").read_text()
+    with pytest.raises(FileExistsError, match="--resume.*--overwrite"):
+        compare.run_comparison(compare.parse_comparison(faster), output_dir=tmp_path)
+    assert (tmp_path / "adam_only" / "summary.json").read_text() == before
+    compare.run_comparison(
+        compare.parse_comparison(faster), output_dir=tmp_path, progress=False, overwrite=True
+    )
     again = compare.run_comparison(
         compare.parse_comparison(faster), output_dir=tmp_path, progress=False, resume=True
     )

@@ -53,7 +53,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import yaml
 
 from esjax import checkpoint, nn
 from esjax.base import check_int
@@ -66,10 +65,12 @@ from esjax.baselines import (
 from esjax.experiments import report
 from esjax.experiments.config import (
     RESIDUAL_STRATEGIES,
+    SEED_RANGE,
     build_optimizer,
     build_strategy,
     validate_strategy_section,
 )
+from esjax.experiments.outputs import check_run_name, claim_run_dir, read_yaml, write_json
 from esjax.loop import make_generation
 from esjax.tasks.supervised import Dataset, load_dataset
 
@@ -161,9 +162,11 @@ def _check_loss_kind(label: str, strategy: dict | None, loss: str) -> None:
     nn.check_loss_kind(loss, takes_residuals=takes_residuals, where=f"method {label!r} loss")
 
 
-def _parse_method(raw: Any, defaults: dict, steps_override: int | None) -> MethodConfig:
+def _parse_method(
+    raw: Any, defaults: dict, steps_override: int | None, where: str = "methods[0]"
+) -> MethodConfig:
     if not isinstance(raw, dict):
-        raise TypeError(f"each entry of methods must be a mapping, got {type(raw).__name__}")
+        raise TypeError(f"{where} must be a mapping, got {type(raw).__name__}")
     _check_keys("a method", raw, METHOD_KEYS)
     if ("strategy" in raw) == ("optimizer" in raw):
         raise ValueError(
@@ -171,7 +174,7 @@ def _parse_method(raw: Any, defaults: dict, steps_override: int | None) -> Metho
             f"(gradient), got {sorted(raw)}"
         )
     if "strategy" in raw:
-        validate_strategy_section(raw["strategy"])
+        validate_strategy_section(raw["strategy"], f"{where}.strategy")
     label = raw.get("label") or (raw.get("strategy") or raw.get("optimizer"))["name"]
     budget = [raw[k] for k in ("generations", "steps") if k in raw]
     if len(budget) != 1:
@@ -234,7 +237,13 @@ def parse_comparison(
         "eval_every": raw.get("eval_every", 50),
         "activation": model["activation"],
     }
-    parsed = tuple(_parse_method(m, defaults, steps) for m in raw["methods"])
+    check_run_name(raw["name"])
+    check_int("seed", raw.get("seed", 0), *SEED_RANGE)
+    parsed = tuple(
+        _parse_method(m, defaults, steps, f"methods[{i}]") for i, m in enumerate(raw["methods"])
+    )
+    for method in parsed:
+        check_run_name(method.label, f"label of method {method.label!r}")
     labels = [m.label for m in parsed]
     if len(set(labels)) != len(labels):
         raise ValueError(f"method labels must be unique, got {labels}")
@@ -272,11 +281,7 @@ def parse_comparison(
 
 def load_comparison(path: str | Path, **overrides) -> ComparisonConfig:
     """Read and validate a comparison YAML file (``overrides`` as in :func:`parse_comparison`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    with path.open() as handle:
-        return parse_comparison(yaml.safe_load(handle), **overrides)
+    return parse_comparison(read_yaml(path), **overrides)
 
 
 def load_task(task: dict) -> Dataset:
@@ -516,10 +521,7 @@ def run_method(
         if checkpoint_every is not None and saved_at[0] != result.steps:
             save(result.state, result.history, result.compile_seconds)  # stopped at the target
         method_dir.mkdir(parents=True, exist_ok=True)
-        report.replace_text(
-            method_dir / METHOD_SUMMARY_FILE,
-            json.dumps({**summary, "fingerprint": fingerprint}) + "\n",
-        )
+        write_json(method_dir / METHOD_SUMMARY_FILE, {**summary, "fingerprint": fingerprint})
     return summary
 
 
@@ -534,8 +536,12 @@ def run_comparison(
     progress: bool = True,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> dict:
     """Run every method (and the scaling study, if configured) and write all outputs.
+
+    A run folder that holds an earlier comparison's outputs is refused (nothing deleted) unless
+    ``resume`` or ``overwrite`` (which removes only esjax's own outputs).
 
     ``checkpoint_every`` (default: the config's ``checkpoint_every``) and ``resume`` are passed to
     :func:`run_method` for every method, with ``<run_dir>/<label>/`` as its folder: a killed
@@ -550,7 +556,8 @@ def run_comparison(
     else:
         checkpoint_every = check_int("checkpoint_every (--checkpoint-every)", checkpoint_every, 1)
     run_dir = Path(output_dir or config.output_dir) / config.name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    outputs = ("summary.json", "comparison.md", "scaling", *(m.label for m in config.methods))
+    claim_run_dir(run_dir, outputs, resume=resume, overwrite=overwrite)
     dataset = load_task(config.task)
     context = {
         "name": config.name,
@@ -586,17 +593,15 @@ def run_comparison(
             summaries.append(summary)
         report.plot_accuracy(summaries, run_dir, config.target_accuracy)
         report.write_comparison_md(run_dir / "comparison.md", context, summaries)
-    (run_dir / "summary.json").write_text(
-        json.dumps(
-            {
-                **context,
-                "methods": [_without_history(s) for s in summaries],
-                "scaling": scaling_rows,
-                "config": config.raw,
-            },
-            indent=2,
-        )
-        + "\n"
+    write_json(
+        run_dir / "summary.json",
+        {
+            **context,
+            "output_dir": str(run_dir.parent),
+            "methods": [_without_history(s) for s in summaries],
+            "scaling": scaling_rows,
+            "config": config.raw,
+        },
     )
     return {"run_dir": str(run_dir), "methods": summaries, "scaling": scaling_rows}
 

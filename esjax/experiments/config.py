@@ -23,16 +23,20 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optax
-import yaml
 
 from esjax import nn
 from esjax.base import Strategy, check_int
+from esjax.experiments.outputs import check_run_name, read_yaml
 from esjax.strategies import get_strategy
+
+# Seeds go to jax.random.key, which takes a 64-bit integer.
+SEED_RANGE = (-(2**63), 2**63 - 1)
 
 # Strategies whose ``tell`` takes per-member residual vectors instead of a scalar fitness.
 RESIDUAL_STRATEGIES = ("eki",)
@@ -52,6 +56,8 @@ class ExperimentConfig:
       batch_size: evaluate the population in chunks of this many members.
       checkpoint_every: save a checkpoint every this many generations (0: never).
       output_dir: parent folder of the run folder.
+      max_nonfinite_generations: stop (non-zero exit) after this many consecutive generations
+        in which no member had a finite fitness.
     """
 
     name: str
@@ -63,6 +69,7 @@ class ExperimentConfig:
     batch_size: int | None = None
     checkpoint_every: int = 0
     output_dir: str = "results"
+    max_nonfinite_generations: int = 20
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -75,6 +82,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "batch_size": (int, type(None)),
     "checkpoint_every": (int,),
     "output_dir": (str,),
+    "max_nonfinite_generations": (int,),
 }
 
 
@@ -104,8 +112,11 @@ def parse_config(raw: dict) -> ExperimentConfig:
             names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise TypeError(f"config key {key!r} must be {names}, got {type(value).__name__}")
     config = ExperimentConfig(**raw)
+    check_run_name(config.name)
+    check_int("seed", config.seed, *SEED_RANGE)
     check_int("generations", config.generations, 1)
     check_int("checkpoint_every", config.checkpoint_every, 0)
+    check_int("max_nonfinite_generations", config.max_nonfinite_generations, 1)
     for optional in ("log_every", "batch_size"):
         if getattr(config, optional) is not None:
             check_int(optional, getattr(config, optional), 1)
@@ -124,11 +135,7 @@ def parse_config(raw: dict) -> ExperimentConfig:
 
 def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
     """Read a YAML config file, apply top-level ``overrides``, and validate it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    with path.open() as handle:
-        raw = yaml.safe_load(handle)
+    raw = read_yaml(path)
     if isinstance(raw, dict) and overrides:
         raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
     return parse_config(raw)
@@ -178,11 +185,67 @@ def _factory_arguments(factory: Callable) -> list[str]:
     ]
 
 
-def validate_strategy_section(section: dict) -> None:
-    """Check the strategy name and that every other key is an argument of its factory."""
+_SCALARS = {"bool", "int", "float", "None"}
+
+
+def check_value_type(where: str, value: Any, annotation: Any) -> None:
+    """Check a config value against a factory argument's annotation, naming the key path.
+
+    Only what the annotation settles is checked: a string or a bool where only numbers belong,
+    a string or number where only a bool belongs (YAML reads ``no`` as False, but ``"no"`` stays
+    a string, which Python would take as True). Richer annotations (lists, callables, optax
+    transformations) are left to the factory.
+    """
+    names = set(re.findall(r"[A-Za-z_][A-Za-z_0-9]*", str(annotation)))
+    if not names or not names <= _SCALARS:
+        return
+    if value is None:
+        if "None" not in names:
+            raise TypeError(f"{where} must not be null")
+        return
+    expected = sorted(names - {"None"})
+    if isinstance(value, bool):
+        ok = "bool" in names
+    elif isinstance(value, int):
+        ok = bool(names & {"int", "float"})
+    elif isinstance(value, float):
+        ok = "float" in names
+    else:
+        ok = False
+    if not ok:
+        raise TypeError(
+            f"{where} must be {' or '.join(expected)}, got {type(value).__name__} {value!r}"
+        )
+
+
+def validate_strategy_section(section: dict, where: str = "strategy") -> None:
+    """Check the strategy name, that every other key is an argument of its factory, and each
+    value's type where the factory's annotation settles it (errors name the key path)."""
+    if not isinstance(section, dict) or "name" not in section:
+        raise ValueError(f"{where} must be a mapping with a 'name'")
     factory = get_strategy(section["name"])
     kwargs = {k: v for k, v in section.items() if k != "name"}
-    _check_keys(f"strategy {section['name']!r}", kwargs, _factory_arguments(factory))
+    _check_keys(f"{where} ({section['name']!r})", kwargs, _factory_arguments(factory))
+    parameters = inspect.signature(factory).parameters
+    for key, value in kwargs.items():
+        check_value_type(f"{where}.{key}", value, parameters[key].annotation)
+    if isinstance(kwargs.get("optimizer"), dict):
+        _check_optimizer_values(kwargs["optimizer"], f"{where}.optimizer")
+
+
+def _check_optimizer_values(spec: dict, where: str) -> None:
+    """A string where an optax argument takes numbers (``learning_rate: abc``) is an error naming
+    the key path (``1e-2`` is a number: :func:`~esjax.experiments.outputs.read_yaml`)."""
+    factory = getattr(optax, str(spec.get("name")), None)
+    if not callable(factory):
+        return  # build_optimizer names the unknown optimizer
+    parameters = inspect.signature(factory).parameters
+    for key, value in spec.items():
+        if key == "name" or key not in parameters or not isinstance(value, str):
+            continue
+        names = set(re.findall(r"[A-Za-z_]+", str(parameters[key].annotation)))
+        if "float" in names and "str" not in names:
+            raise TypeError(f"{where}.{key} must be a number, got the string {value!r}")
 
 
 def build_strategy(section: dict) -> Strategy:
@@ -202,6 +265,8 @@ def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
 __all__ = [
     "ExperimentConfig",
     "RESIDUAL_STRATEGIES",
+    "SEED_RANGE",
+    "check_value_type",
     "build_optimizer",
     "build_schedule",
     "build_strategy",

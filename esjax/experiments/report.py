@@ -7,7 +7,6 @@ headless and never change the user's backend.
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 ACCOUNTING_NOTE = (
@@ -29,14 +28,6 @@ def time_to_target(history: list[dict], target: float) -> dict | None:
         if row["test_accuracy"] >= target:
             return {k: row[k] for k in ("step", "wall_clock_s", "forward_passes")}
     return None
-
-
-def replace_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``: a reader
-    (or a run resumed after a crash) sees the old file or the new one, never half of one."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, newline="")
-    os.replace(temporary, path)
 
 
 def write_metrics_csv(path: Path, history: list[dict]) -> None:
@@ -226,7 +217,6 @@ __all__ = [
     "ACCOUNTING_NOTE",
     "SCALING_COLUMNS",
     "plot_accuracy",
-    "replace_text",
     "summary_table",
     "time_to_target",
     "write_comparison_md",

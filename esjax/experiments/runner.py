@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -17,11 +15,13 @@ import numpy as np
 from esjax import checkpoint
 from esjax.base import Strategy, StrategyState
 from esjax.driver import run
-from esjax.experiments import report
 from esjax.experiments.config import ExperimentConfig, build_strategy, config_to_dict
+from esjax.experiments.outputs import append_text, claim_run_dir, replace_text, write_json
 from esjax.experiments.setup import build_problem
 
 CHECKPOINT_FILE = "checkpoint.msgpack"
+# What a run writes into its folder: a folder holding any of them is an earlier run's.
+RUN_OUTPUTS = ("metrics.csv", "summary.json", CHECKPOINT_FILE)
 # Config keys that change results: a checkpoint resumes only a run that agrees on all of them.
 RESUME_KEYS = ("strategy", "problem", "seed", "batch_size")
 
@@ -37,18 +37,26 @@ def write_metrics_csv(path: Path, metrics: dict[str, np.ndarray]) -> None:
 
 
 def append_metrics_csv(path: Path, metrics: dict[str, np.ndarray], sync: bool = False) -> None:
-    """Append one chunk's rows to ``path`` (header first if the file is new); ``sync``: fsync."""
+    """Append one chunk's rows to ``path`` (header first if the file is new); ``sync``: fsync.
+
+    The rows go in one write that is undone if it fails (a full disk), so the file never ends
+    in half a row."""
     names = sorted(metrics, key=lambda name: name != "generation")
     is_new = not path.exists() or path.stat().st_size == 0
-    with path.open("a", newline="") as handle:
-        writer = csv.writer(handle)
-        if is_new:
-            writer.writerow(names)
-        for row in zip(*(np.asarray(metrics[n]).tolist() for n in names), strict=True):
-            writer.writerow(row)
-        if sync:
-            handle.flush()
-            os.fsync(handle.fileno())
+    text = io.StringIO()
+    writer = csv.writer(text)
+    if is_new:
+        writer.writerow(names)
+    for row in zip(*(np.asarray(metrics[n]).tolist() for n in names), strict=True):
+        writer.writerow(row)
+    append_text(path, text.getvalue(), sync=sync)
+
+
+def _metrics_rows(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with path.open(newline="") as handle:
+        return max(sum(1 for _ in csv.reader(handle)) - 1, 0)
 
 
 def trim_metrics_csv(path: Path, generation: int) -> None:
@@ -70,7 +78,7 @@ def trim_metrics_csv(path: Path, generation: int) -> None:
             kept.append(row)
     text = io.StringIO()
     csv.writer(text).writerows(kept)
-    report.replace_text(path, text.getvalue())
+    replace_text(path, text.getvalue())
 
 
 def load_resume_state(
@@ -105,12 +113,23 @@ def _check_same_start(generation: int, run_dir: Path) -> None:
         )
 
 
+def _stop_reason(es: Strategy, state: StrategyState, nonfinite_stop: int | None) -> str:
+    if nonfinite_stop is not None:
+        return f"no finite fitness for {nonfinite_stop} generations"
+    if bool(es.terminated(state)):
+        info = jax.device_get(es.info(state))
+        flags = [name for name, on in info.items() if name.startswith("stop_") and bool(on)]
+        return "terminated: " + ", ".join(flags) if flags else "terminated"
+    return "completed"
+
+
 def run_experiment(
     config: ExperimentConfig,
     *,
     progress: bool = True,
     output_dir: str | Path | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     mesh: jax.sharding.Mesh | None = None,
 ) -> dict:
     """Run ``config`` and write ``<output_dir>/<name>/{metrics.csv,summary.json}``.
@@ -130,13 +149,18 @@ def run_experiment(
     ``metrics.csv``; since generation g always uses ``fold_in(key, g)``, the result is
     bit-identical to an uninterrupted run. With no checkpoint yet, it starts from scratch.
 
+    A folder that already holds a run's outputs is refused (nothing is deleted) unless
+    ``resume`` or ``overwrite``. The run stops early when the strategy's termination signal comes
+    on, or after ``config.max_nonfinite_generations`` generations without a finite fitness;
+    ``summary["stop_reason"]`` says which (``"completed"`` otherwise).
+
     Returns:
       The summary dict written to ``summary.json``.
     """
     run_dir = Path(output_dir or config.output_dir) / config.name
     writer = jax.process_index() == 0
     if writer:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        claim_run_dir(run_dir, RUN_OUTPUTS, resume=resume, overwrite=overwrite)
     seed_key = jax.random.key(config.seed)
     problem = build_problem(config.problem, jax.random.fold_in(seed_key, 0))
     es = build_strategy(config.strategy)
@@ -148,13 +172,21 @@ def run_experiment(
     if resume and has_checkpoint:
         state, metadata = load_resume_state(checkpoint_path, state, es, config)
         earlier_seconds = float(metadata.get("seconds", 0.0))
+        if writer and _metrics_rows(metrics_path) < int(state.generation):
+            raise ValueError(
+                f"{metrics_path} holds {_metrics_rows(metrics_path)} rows but the checkpoint is "
+                f"at generation {int(state.generation)}: resuming would leave a metrics file "
+                "missing its first rows; restore it, or start over with --overwrite"
+            )
         if writer:
             trim_metrics_csv(metrics_path, int(state.generation))
-    else:
-        if resume and writer:
-            print(f"esjax: no checkpoint in {run_dir}; starting from scratch", file=sys.stderr)
-        if writer:
-            metrics_path.unlink(missing_ok=True)
+    elif resume and writer:
+        if metrics_path.exists() or (run_dir / "summary.json").exists():
+            raise ValueError(
+                f"{run_dir} holds an earlier run's outputs but no checkpoint to resume from; "
+                "pass --overwrite to start over"
+            )
+        print(f"esjax: no checkpoint in {run_dir}; starting from scratch", file=sys.stderr)
     resumed_from = int(state.generation)
     if jax.process_count() > 1:
         _check_same_start(resumed_from, run_dir)
@@ -174,13 +206,21 @@ def run_experiment(
             checkpoint.save(checkpoint_path, state, metadata, strategy=es)
         saved_at[0] = int(state.generation)
 
-    def record(state: StrategyState, chunk: dict) -> None:
+    nonfinite = {"run": 0, "stop": None}
+
+    def record(state: StrategyState, chunk: dict) -> bool:
         # Metrics first: every row a checkpoint covers is on disk before the checkpoint is.
         every = config.checkpoint_every
         if writer:
             append_metrics_csv(metrics_path, chunk, sync=bool(every))
         if every and int(state.generation) // every > saved_at[0] // every:
             save_checkpoint(state)
+        for count in np.asarray(chunk.get("num_nonfinite", [])):
+            nonfinite["run"] = nonfinite["run"] + 1 if count == es.population_size else 0
+        if nonfinite["run"] >= config.max_nonfinite_generations:
+            nonfinite["stop"] = nonfinite["run"]
+            return True
+        return False
 
     state, _ = run(
         es,
@@ -201,6 +241,7 @@ def run_experiment(
         save_checkpoint(state)
     seconds = earlier_seconds + time.perf_counter() - start
 
+    run_config = {**config_to_dict(config), "output_dir": str(run_dir.parent)}
     summary = {
         "name": config.name,
         "strategy": config.strategy["name"],
@@ -211,7 +252,9 @@ def run_experiment(
         "evaluations": int(state.evaluations),
         "best_fitness": float(state.best_fitness),
         "seconds_including_compile": seconds,
-        "config": config_to_dict(config),
+        "stop_reason": _stop_reason(es, state, nonfinite["stop"]),
+        "output_dir": str(run_dir.parent),
+        "config": run_config,
     }
     if resume:
         summary["resumed_from_generation"] = resumed_from
@@ -229,7 +272,7 @@ def run_experiment(
         summary["num_devices"] = int(mesh.devices.size)
         summary["num_processes"] = jax.process_count()
     if writer:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        summary = write_json(run_dir / "summary.json", summary)
     summary["run_dir"] = str(run_dir)
     summary["writer"] = writer
     return summary
@@ -238,6 +281,7 @@ def run_experiment(
 __all__ = [
     "CHECKPOINT_FILE",
     "RESUME_KEYS",
+    "RUN_OUTPUTS",
     "append_metrics_csv",
     "load_resume_state",
     "run_experiment",

@@ -46,7 +46,13 @@ def build_function_problem(
     ``x0`` is a scalar (filled to ``num_dims``) or a list of ``num_dims`` numbers.
     """
     problem = make_problem(name, num_dims, key=key, shift_scale=shift_scale, rotate=rotate)
-    start = jnp.broadcast_to(jnp.asarray(x0, jnp.float32), (problem.num_dims,))
+    start = jnp.asarray(x0, jnp.float32)
+    if start.ndim > 1 or (start.ndim == 1 and start.shape[0] != problem.num_dims):
+        raise ValueError(
+            f"problem.x0 must be a number or a list of num_dims={problem.num_dims} numbers, got "
+            f"{x0!r}"
+        )
+    start = jnp.broadcast_to(start, (problem.num_dims,))
 
     def report(best_solution) -> dict:
         return {"distance_to_optimum": float(jnp.linalg.norm(best_solution - problem.x_opt))}

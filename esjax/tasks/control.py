@@ -243,13 +243,14 @@ def episode_return(env: Env, model: FlaxModel, params: PyTree, key: jax.Array) -
         state, alive, total = carry
         action = policy_action(env, model.apply(params, env.observe(state)))
         next_state, reward, done = env.step(state, action)
-        total = total + jnp.where(alive, reward, 0.0)
+        total = total + jnp.where(alive, reward, 0.0).astype(total.dtype)
         state = jax.tree_util.tree_map(
             lambda new, old: jnp.where(alive, new, old), next_state, state
         )
         return (state, alive & ~done, total), None
 
-    start = (env.reset(key), jnp.array(True), jnp.zeros((), jnp.float32))
+    # The default float type: float64 under jax_enable_x64, so the carry keeps one dtype.
+    start = (env.reset(key), jnp.array(True), jnp.zeros((), jnp.result_type(float)))
     (_, _, total), _ = jax.lax.scan(body, start, None, length=env.max_steps)
     return total
 

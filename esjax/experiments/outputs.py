@@ -1,0 +1,204 @@
+"""What ``esjax run`` and ``esjax compare`` share about their outputs: run folders that never
+destroy a finished run, strict JSON written atomically, appends that never leave half a row, and
+the YAML reader both config loaders use.
+
+Nothing here deletes a file the user wrote: a run folder is claimed only when it holds no
+earlier esjax output, or when the user asked to ``resume`` or to ``overwrite`` (and then only
+esjax's own output files are removed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from esjax import checkpoint
+
+
+class OutputExistsError(FileExistsError):
+    """A run folder already holds the outputs of an earlier run."""
+
+
+def check_run_name(name: Any, key: str = "name") -> str:
+    """A run name is one folder name: no path separators, not ``.``/``..``, not empty."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"config key {key!r} must be a non-empty string, got {name!r}")
+    if "/" in name or "\\" in name or name in (".", "..") or name.startswith("~"):
+        raise ValueError(
+            f"config key {key!r} must be a plain folder name (no '/', '\\\\', '..' or '~'): "
+            f"outputs go to <output_dir>/<{key}>/; got {name!r}"
+        )
+    return name
+
+
+def claim_run_dir(
+    run_dir: Path, outputs: tuple[str, ...], *, resume: bool = False, overwrite: bool = False
+) -> Path:
+    """Create ``run_dir`` for a run whose outputs are the file or folder names ``outputs``.
+
+    An existing folder that holds any of them is refused unless ``resume`` (the caller continues
+    that run) or ``overwrite`` (they, and the previous checkpoint, are removed; nothing else).
+
+    Raises:
+      OutputExistsError: earlier outputs found, naming ``--resume`` and ``--overwrite``.
+      NotADirectoryError / PermissionError: ``run_dir`` or a parent is a file, or read-only.
+    """
+    for parent in [run_dir, *run_dir.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(f"output path {parent} is a file, not a folder")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except PermissionError as error:
+        raise PermissionError(f"cannot create the output folder {run_dir}: {error}") from None
+    if not os.access(run_dir, os.W_OK):
+        raise PermissionError(f"the output folder {run_dir} is not writable")
+    found = sorted(name for name in outputs if (run_dir / name).exists())
+    if found and not resume and not overwrite:
+        raise OutputExistsError(
+            f"{run_dir} already holds an earlier run's {', '.join(found)}; pass --resume to "
+            "continue it, --overwrite to replace it, or choose another --output-dir/--name"
+        )
+    if overwrite and not resume:
+        for name in found:
+            remove_output(run_dir / name)
+    return run_dir
+
+
+def remove_output(path: Path) -> None:
+    """Remove one esjax output (a file, a checkpoint with its previous copy, or a folder of
+    outputs: only the files esjax writes are removed, and the folder only when it is empty)."""
+    if path.is_dir():
+        for name in ("metrics.csv", "summary.json", "solution.msgpack", checkpoint_file()):
+            remove_output(path / name)
+        try:
+            path.rmdir()
+        except OSError:
+            pass  # it holds something esjax did not write: leave it
+        return
+    path.unlink(missing_ok=True)
+    if path.name == checkpoint_file():
+        checkpoint.previous_path(path).unlink(missing_ok=True)
+
+
+def checkpoint_file() -> str:
+    return "checkpoint.msgpack"
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Write ``text`` beside ``path``, fsync, then rename it over ``path``: a reader (or a run
+    resumed after a crash) sees the old file or the new one, never half of one. A failed write
+    (a full disk) leaves ``path`` as it was and no temporary file behind."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with temporary.open("w", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def append_text(path: Path, text: str, sync: bool = False) -> None:
+    """Append ``text`` to ``path``; if the write fails (a full disk), the file is cut back to
+    its previous length, so no half-written row is left."""
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        with path.open("a", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            if sync:
+                os.fsync(handle.fileno())
+    except BaseException:
+        with path.open("r+") as handle:
+            handle.truncate(size)
+        raise
+
+
+def strict_json(value: Any) -> tuple[Any, list[str]]:
+    """``value`` with every NaN/±inf float replaced by ``None``, and the key paths replaced.
+
+    ``json.dumps`` writes ``Infinity`` and ``NaN`` by default, which strict parsers reject.
+    """
+    replaced: list[str] = []
+
+    def clean(item, path):
+        if isinstance(item, float) and not math.isfinite(item):
+            replaced.append(path)
+            return None
+        if isinstance(item, dict):
+            return {
+                key: clean(child, f"{path}.{key}" if path else str(key))
+                for key, child in item.items()
+            }
+        if isinstance(item, list | tuple):
+            return [clean(child, f"{path}[{i}]") for i, child in enumerate(item)]
+        return item
+
+    return clean(value, ""), replaced
+
+
+def write_json(path: Path, value: dict) -> dict:
+    """Write ``value`` as strict JSON, atomically. Non-finite numbers become ``null`` and their
+    key paths are listed under ``"non_finite"`` (so a diverged run cannot pass for a number).
+    Returns what was written."""
+    cleaned, replaced = strict_json(value)
+    if replaced:
+        cleaned["non_finite"] = replaced
+    replace_text(path, json.dumps(cleaned, indent=2, allow_nan=False) + "\n")
+    return cleaned
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML 1.2's floats: ``1e-2`` is a number, not a string."""
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML config: ``FileNotFoundError`` if missing, a one-line ``ValueError`` naming the
+    file, line and column if it is not valid YAML."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        with path.open() as handle:
+            return yaml.load(handle, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"config file {path} is not valid YAML{where}: {problem}") from None
+
+
+__all__ = [
+    "OutputExistsError",
+    "append_text",
+    "check_run_name",
+    "checkpoint_file",
+    "claim_run_dir",
+    "read_yaml",
+    "remove_output",
+    "replace_text",
+    "strict_json",
+    "write_json",
+]
