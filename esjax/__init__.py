@@ -7,8 +7,10 @@ Every strategy minimises. See the README for the ask/tell loop and ``esjax.run``
 from esjax import baselines, checkpoint, distributed, nn, problems, restarts, shaping, tasks
 from esjax.base import Capabilities, Decomposition, Strategy, StrategyState, make_strategy
 from esjax.driver import evolve, run, step
+from esjax.estimators import es_gradient
 from esjax.flatten import FlatSpec, flatten
 from esjax.loop import evaluate_population
+from esjax.optimize import MinimizeResult, minimize
 from esjax.restarts import ipop
 from esjax.strategies import (
     STRATEGIES,
@@ -28,12 +30,14 @@ __all__ = [
     "Capabilities",
     "Decomposition",
     "FlatSpec",
+    "MinimizeResult",
     "Strategy",
     "StrategyState",
     "baselines",
     "checkpoint",
     "cma_es",
     "distributed",
+    "es_gradient",
     "eki",
     "evaluate_population",
     "evolve",
@@ -41,6 +45,7 @@ __all__ = [
     "get_strategy",
     "ipop",
     "make_strategy",
+    "minimize",
     "nn",
     "openai_es",
     "problems",

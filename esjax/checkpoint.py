@@ -184,11 +184,16 @@ def save(
         "key_impls": key_impls,
         "metadata": metadata,
     }
+    payload = serialization.msgpack_serialize(traverse_util.unflatten_dict(leaves))
+    return _write_framed(path, header, payload, keep_previous=keep_previous)
+
+
+def _write_framed(path: Path, header: dict, payload: bytes, *, keep_previous: bool) -> Path:
+    """Frame, checksum and write ``header`` + ``payload`` atomically (see the module docstring)."""
     try:
         header_bytes = json.dumps(header, sort_keys=True).encode()
     except TypeError as error:
         raise TypeError(f"metadata must be JSON-serialisable: {error}") from error
-    payload = serialization.msgpack_serialize(traverse_util.unflatten_dict(leaves))
     digest = hashlib.sha256(header_bytes + payload).digest()
     frame = _FRAME.pack(MAGIC, FORMAT_VERSION, len(header_bytes), len(payload), digest)
 
@@ -211,6 +216,40 @@ def save(
         raise
     _fsync_folder(path.parent)
     return path
+
+
+def save_solution(path: str | Path, solution: Any, metadata: dict | None = None) -> Path:
+    """Write a solution (a flat vector or any pytree of arrays: Flax params, ...) atomically.
+
+    The file has a checkpoint's frame and checksum; :func:`load_solution` reads it back without
+    a template. ``metadata`` (JSON) goes into the header (e.g. the strategy and its fitness).
+    """
+    from flax import nnx
+
+    path = Path(path)
+    tree = jax.device_get(solution)
+    if isinstance(tree, nnx.State):  # nnx parameters: stored as their pure nested dict
+        tree = nnx.to_pure_dict(tree)
+    header = {
+        "format": "esjax-solution",
+        "format_version": FORMAT_VERSION,
+        "esjax_version": _esjax_version(),
+        "metadata": metadata,
+    }
+    payload = serialization.msgpack_serialize(serialization.to_state_dict(tree))
+    return _write_framed(path, header, payload, keep_previous=False)
+
+
+def load_solution(path: str | Path) -> Any:
+    """The solution :func:`save_solution` wrote: a NumPy array for a flat vector, nested dicts of
+    arrays for a pytree. Flax linen params come back as the params dict; nnx params as their
+    pure dict: ``graphdef, params = nnx.split(model, nnx.Param, ...)[:2]``, then
+    ``nnx.replace_by_pure_dict(params, loaded)`` and ``nnx.update(model, params)``."""
+    path = Path(path)
+    header, payload = _read_verified(path)
+    if header.get("format") != "esjax-solution":
+        raise CheckpointError(f"{path} is a state checkpoint, not a solution: use load(path, like)")
+    return serialization.msgpack_restore(payload)
 
 
 def _keep_copy(source: Path, destination: Path) -> None:
@@ -410,7 +449,9 @@ __all__ = [
     "MAGIC",
     "intact_header",
     "load",
+    "load_solution",
     "previous_path",
     "read_header",
     "save",
+    "save_solution",
 ]

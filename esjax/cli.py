@@ -60,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
         f"{summary['evaluations']}, best fitness {'none finite' if best is None else f'{best:.6g}'}"
         + "".join(f", {extra}" for extra in extras)
         + f", {summary['seconds_including_compile']:.1f} s\n"
-        f"  wrote {summary['run_dir']}/metrics.csv and summary.json"
+        f"  wrote {summary['run_dir']}/metrics.csv, summary.json and solution.msgpack"
     )
     if summary["stop_reason"].startswith("no finite fitness"):
         print(f"esjax: error: {summary['name']} stopped: {summary['stop_reason']}", file=sys.stderr)

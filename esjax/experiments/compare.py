@@ -302,6 +302,7 @@ class MethodSetup(NamedTuple):
     forward_passes_per_step: int
     examples_per_step: int
     description: str
+    solution: Callable | None = None  # state -> the trained parameters (saved as solution.msgpack)
 
 
 def build_method(
@@ -334,6 +335,7 @@ def build_method(
             state=es.init(jax.random.fold_in(seed_key, 1), model.params),
             counter=lambda s: s.generation,
             evaluate=lambda s: metrics(s.unravel(es.solution(s))),
+            solution=lambda s: s.unravel(es.solution(s)),
             forward_passes_per_step=es.population_size * examples,
             examples_per_step=examples,
             description=f"{method.strategy['name']}, population {es.population_size}",
@@ -345,6 +347,7 @@ def build_method(
         state=trainer.init(model.params),
         counter=lambda s: s.step,
         evaluate=lambda s: metrics(s.params),
+        solution=lambda s: s.params,
         forward_passes_per_step=(1 + BACKWARD_COST_IN_FORWARDS) * examples,
         examples_per_step=examples,
         description=f"optax.{method.optimizer['name']} (backprop)",
@@ -353,6 +356,7 @@ def build_method(
 
 CHECKPOINT_FILE = "checkpoint.msgpack"
 METHOD_SUMMARY_FILE = "summary.json"
+SOLUTION_FILE = "solution.msgpack"
 
 
 def _method_fingerprint(
@@ -408,7 +412,7 @@ def _resume_point(
 def _clear_method_dir(method_dir: Path) -> None:
     # A fresh (not resumed) run must not leave an older run's summary or checkpoints behind,
     # where a later --resume would find them.
-    for name in (METHOD_SUMMARY_FILE, CHECKPOINT_FILE):
+    for name in (METHOD_SUMMARY_FILE, CHECKPOINT_FILE, SOLUTION_FILE):
         (method_dir / name).unlink(missing_ok=True)
     checkpoint.previous_path(method_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
 
@@ -521,6 +525,12 @@ def run_method(
         if checkpoint_every is not None and saved_at[0] != result.steps:
             save(result.state, result.history, result.compile_seconds)  # stopped at the target
         method_dir.mkdir(parents=True, exist_ok=True)
+        if setup.solution is not None:
+            checkpoint.save_solution(
+                method_dir / SOLUTION_FILE,
+                setup.solution(result.state),
+                {"label": method.label, "final_test_accuracy": final["test_accuracy"]},
+            )
         write_json(method_dir / METHOD_SUMMARY_FILE, {**summary, "fingerprint": fingerprint})
     return summary
 
@@ -660,6 +670,7 @@ __all__ = [
     "ComparisonConfig",
     "METHOD_KEYS",
     "METHOD_SUMMARY_FILE",
+    "SOLUTION_FILE",
     "MODEL_KEYS",
     "MethodConfig",
     "MethodSetup",

@@ -33,6 +33,7 @@ import optax
 from esjax import nn
 from esjax.base import Strategy, check_int
 from esjax.experiments.outputs import check_run_name, read_yaml
+from esjax.experiments.resolve import is_reference, resolve_callable
 from esjax.strategies import get_strategy
 
 # Seeds go to jax.random.key, which takes a 64-bit integer.
@@ -58,6 +59,8 @@ class ExperimentConfig:
       output_dir: parent folder of the run folder.
       max_nonfinite_generations: stop (non-zero exit) after this many consecutive generations
         in which no member had a finite fitness.
+      config_dir: the config file's folder (set by :func:`load_config`, not a config key):
+        ``"module:attribute"`` references are imported from there first.
     """
 
     name: str
@@ -70,6 +73,7 @@ class ExperimentConfig:
     checkpoint_every: int = 0
     output_dir: str = "results"
     max_nonfinite_generations: int = 20
+    config_dir: str | None = dataclasses.field(default=None, compare=False)
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -92,13 +96,15 @@ def _check_keys(section: str, given: dict, valid: list[str]) -> None:
         raise ValueError(f"unknown key(s) {unknown} in {section}; valid keys are {sorted(valid)}")
 
 
-def parse_config(raw: dict) -> ExperimentConfig:
-    """Validate a config dict (as loaded from YAML) and build an :class:`ExperimentConfig`."""
+def parse_config(raw: dict, config_dir: str | Path | None = None) -> ExperimentConfig:
+    """Validate a config dict (as loaded from YAML) and build an :class:`ExperimentConfig`.
+
+    ``config_dir`` is where ``"module:attribute"`` references are looked for first."""
     if not isinstance(raw, dict):
         raise TypeError(f"a config must be a mapping at the top level, got {type(raw).__name__}")
     if "methods" in raw:
         raise ValueError("this is a comparison config (it has 'methods'): use `esjax compare`")
-    fields = [f.name for f in dataclasses.fields(ExperimentConfig)]
+    fields = [f.name for f in dataclasses.fields(ExperimentConfig) if f.name != "config_dir"]
     _check_keys("the config", raw, fields)
     required = [
         f.name for f in dataclasses.fields(ExperimentConfig) if f.default is dataclasses.MISSING
@@ -111,7 +117,7 @@ def parse_config(raw: dict) -> ExperimentConfig:
         if isinstance(value, bool) or not isinstance(value, types):
             names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise TypeError(f"config key {key!r} must be {names}, got {type(value).__name__}")
-    config = ExperimentConfig(**raw)
+    config = ExperimentConfig(**raw, config_dir=None if config_dir is None else str(config_dir))
     check_run_name(config.name)
     check_int("seed", config.seed, *SEED_RANGE)
     check_int("generations", config.generations, 1)
@@ -120,10 +126,14 @@ def parse_config(raw: dict) -> ExperimentConfig:
     for optional in ("log_every", "batch_size"):
         if getattr(config, optional) is not None:
             check_int(optional, getattr(config, optional), 1)
-    for section in ("strategy", "problem"):
-        if "name" not in getattr(config, section):
-            raise ValueError(f"config section {section!r} needs a 'name'")
-    validate_strategy_section(config.strategy)
+    if "name" not in config.strategy:
+        raise ValueError("config section 'strategy' needs a 'name'")
+    if ("name" in config.problem) == ("function" in config.problem):
+        raise ValueError(
+            "config section 'problem' needs exactly one of 'name' (a built-in problem) or "
+            "'function' (your own, 'module:attribute')"
+        )
+    validate_strategy_section(config.strategy, config_dir=config.config_dir)
     if "loss" in config.problem:
         nn.check_loss_kind(
             config.problem["loss"],
@@ -138,7 +148,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentCo
     raw = read_yaml(path)
     if isinstance(raw, dict) and overrides:
         raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
-    return parse_config(raw)
+    return parse_config(raw, config_dir=Path(path).resolve().parent)
 
 
 def build_optimizer(spec: dict | optax.GradientTransformation) -> optax.GradientTransformation:
@@ -218,12 +228,23 @@ def check_value_type(where: str, value: Any, annotation: Any) -> None:
         )
 
 
-def validate_strategy_section(section: dict, where: str = "strategy") -> None:
+def strategy_factory(
+    name: str, where: str = "strategy.name", config_dir: str | Path | None = None
+) -> Callable[..., Strategy]:
+    """A registered strategy name, or ``"module:factory"`` for a strategy of your own."""
+    if is_reference(name):
+        return resolve_callable(name, where, config_dir)
+    return get_strategy(name)
+
+
+def validate_strategy_section(
+    section: dict, where: str = "strategy", config_dir: str | Path | None = None
+) -> None:
     """Check the strategy name, that every other key is an argument of its factory, and each
     value's type where the factory's annotation settles it (errors name the key path)."""
     if not isinstance(section, dict) or "name" not in section:
         raise ValueError(f"{where} must be a mapping with a 'name'")
-    factory = get_strategy(section["name"])
+    factory = strategy_factory(section["name"], f"{where}.name", config_dir)
     kwargs = {k: v for k, v in section.items() if k != "name"}
     _check_keys(f"{where} ({section['name']!r})", kwargs, _factory_arguments(factory))
     parameters = inspect.signature(factory).parameters
@@ -248,18 +269,19 @@ def _check_optimizer_values(spec: dict, where: str) -> None:
             raise TypeError(f"{where}.{key} must be a number, got the string {value!r}")
 
 
-def build_strategy(section: dict) -> Strategy:
+def build_strategy(section: dict, config_dir: str | Path | None = None) -> Strategy:
     """Build the strategy a config section describes (``optimizer`` mappings become optax)."""
-    validate_strategy_section(section)
+    validate_strategy_section(section, config_dir=config_dir)
     kwargs = {k: v for k, v in section.items() if k != "name"}
     if "optimizer" in kwargs and kwargs["optimizer"] is not None:
         kwargs["optimizer"] = build_optimizer(kwargs["optimizer"])
-    return get_strategy(section["name"])(**kwargs)
+    return strategy_factory(section["name"], "strategy.name", config_dir)(**kwargs)
 
 
 def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
-    """The config as a plain dict (for ``summary.json``)."""
-    return dataclasses.asdict(config)
+    """The config as a plain dict (for ``summary.json``; without ``config_dir``, which says
+    where the file was, not what it asks for)."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k != "config_dir"}
 
 
 __all__ = [
@@ -271,6 +293,7 @@ __all__ = [
     "build_schedule",
     "build_strategy",
     "config_to_dict",
+    "strategy_factory",
     "load_config",
     "parse_config",
     "validate_strategy_section",

@@ -1,4 +1,5 @@
-"""Run one experiment from a config and write ``metrics.csv`` and ``summary.json``."""
+"""Run one experiment from a config and write ``metrics.csv``, ``summary.json`` and the
+reported solution, ``solution.msgpack`` (:func:`esjax.checkpoint.load_solution`)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from esjax.experiments.outputs import append_text, claim_run_dir, replace_text, 
 from esjax.experiments.setup import build_problem
 
 CHECKPOINT_FILE = "checkpoint.msgpack"
+SOLUTION_FILE = "solution.msgpack"
 # What a run writes into its folder: a folder holding any of them is an earlier run's.
-RUN_OUTPUTS = ("metrics.csv", "summary.json", CHECKPOINT_FILE)
+RUN_OUTPUTS = ("metrics.csv", "summary.json", CHECKPOINT_FILE, SOLUTION_FILE)
 # Config keys that change results: a checkpoint resumes only a run that agrees on all of them.
 RESUME_KEYS = ("strategy", "problem", "seed", "batch_size")
 
@@ -162,8 +164,8 @@ def run_experiment(
     if writer:
         claim_run_dir(run_dir, RUN_OUTPUTS, resume=resume, overwrite=overwrite)
     seed_key = jax.random.key(config.seed)
-    problem = build_problem(config.problem, jax.random.fold_in(seed_key, 0))
-    es = build_strategy(config.strategy)
+    problem = build_problem(config.problem, jax.random.fold_in(seed_key, 0), config.config_dir)
+    es = build_strategy(config.strategy, config.config_dir)
     state = es.init(jax.random.fold_in(seed_key, 1), problem.x0)
     metrics_path = run_dir / "metrics.csv"
     checkpoint_path = run_dir / CHECKPOINT_FILE
@@ -245,7 +247,7 @@ def run_experiment(
     summary = {
         "name": config.name,
         "strategy": config.strategy["name"],
-        "problem": config.problem["name"],
+        "problem": config.problem.get("name") or config.problem["function"],
         "num_dims": state.num_dims,
         "population_size": es.population_size,
         "generations": int(state.generation),
@@ -272,6 +274,12 @@ def run_experiment(
         summary["num_devices"] = int(mesh.devices.size)
         summary["num_processes"] = jax.process_count()
     if writer:
+        # The reported solution in the shape of x0: esjax.checkpoint.load_solution reads it.
+        checkpoint.save_solution(
+            run_dir / SOLUTION_FILE,
+            state.unravel(solution),
+            {"strategy": es.name, "reported_solution": es.capabilities.solution},
+        )
         summary = write_json(run_dir / "summary.json", summary)
     summary["run_dir"] = str(run_dir)
     summary["writer"] = writer
@@ -282,6 +290,7 @@ __all__ = [
     "CHECKPOINT_FILE",
     "RESUME_KEYS",
     "RUN_OUTPUTS",
+    "SOLUTION_FILE",
     "append_metrics_csv",
     "load_resume_state",
     "run_experiment",

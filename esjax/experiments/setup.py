@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from esjax.base import check_int
+from esjax.experiments.resolve import resolve_callable
 from esjax.problems.functions import FUNCTIONS, make_problem
 from esjax.tasks.problems import TASK_PROBLEMS
 
@@ -71,14 +73,48 @@ PROBLEMS.update(TASK_PROBLEMS)
 _PROBLEM_SIGNATURES.update(TASK_PROBLEMS)
 
 
+def build_callable_problem(
+    key: jax.Array,
+    function: str,
+    num_dims: int | None = None,
+    x0: float | list[float] = 1.0,
+    fitness_takes_key: bool = False,
+    config_dir: str | None = None,
+) -> ProblemSetup:
+    """Your own objective: ``function: "module:attribute"`` scores one flat ``(num_dims,)``
+    member and returns a scalar to minimise (``fitness_fn(x, key)`` with ``fitness_takes_key``).
+
+    ``x0`` is a number (filled to ``num_dims``) or a list of numbers (``num_dims`` optional then).
+    """
+    del key
+    fitness_fn = resolve_callable(function, "problem.function", config_dir)
+    start = jnp.asarray(x0, jnp.float32)
+    if start.ndim == 0:
+        if num_dims is None:
+            raise ValueError("problem.num_dims is required when problem.x0 is a number")
+        start = jnp.full((check_int("problem.num_dims", num_dims, 1),), start)
+    elif start.ndim > 1 or (num_dims is not None and start.shape[0] != num_dims):
+        raise ValueError(
+            f"problem.x0 must be a number or a list of num_dims={num_dims} numbers, got {x0!r}"
+        )
+    if not isinstance(fitness_takes_key, bool):
+        raise TypeError(
+            f"problem.fitness_takes_key must be true or false, got {fitness_takes_key!r}"
+        )
+    return ProblemSetup(fitness_fn=fitness_fn, x0=start, fitness_takes_key=fitness_takes_key)
+
+
 def register_problem(name: str, builder: Callable[..., ProblemSetup]) -> None:
     """Register ``builder(key, **kwargs) -> ProblemSetup`` under ``name`` for configs."""
     PROBLEMS[name] = builder
     _PROBLEM_SIGNATURES[name] = builder
 
 
-def build_problem(section: dict, key: jax.Array) -> ProblemSetup:
-    """Build the problem a config section names; unknown names/keys list the valid ones."""
+def build_problem(section: dict, key: jax.Array, config_dir: str | None = None) -> ProblemSetup:
+    """Build the problem a config section names (or ``function:``, your own objective, searched
+    from ``config_dir``); unknown names/keys list the valid ones."""
+    if "function" in section and "name" not in section:
+        section = {"name": "function", **section, "config_dir": config_dir}
     name = section.get("name")
     if name not in PROBLEMS:
         raise ValueError(f"problem name must be one of {sorted(PROBLEMS)}, got {name!r}")
@@ -94,9 +130,13 @@ def build_problem(section: dict, key: jax.Array) -> ProblemSetup:
     return PROBLEMS[name](key, **kwargs)
 
 
+register_problem("function", build_callable_problem)
+
+
 __all__ = [
     "PROBLEMS",
     "ProblemSetup",
+    "build_callable_problem",
     "build_function_problem",
     "build_problem",
     "register_problem",
