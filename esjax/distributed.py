@@ -369,7 +369,8 @@ def initialize(
 
     Args:
       coordinator_address: ``"host:port"`` of process 0.
-      num_processes, process_id: this run's process count and this process's rank.
+      num_processes: this run's process count.
+      process_id: this process's rank.
       cpu_devices: number of CPU devices this process exposes (``jax_num_cpu_devices``), to
         simulate several devices per host on CPU.
       timeout_s: bound on connecting to the coordinator, on detecting a dead peer, and on the

@@ -126,7 +126,11 @@ def evolve(
     (:func:`esjax.distributed.replicate`).
 
     Args:
-      es, fitness_fn, batch_size, fitness_takes_key, mesh: as in :func:`step`.
+      es: the strategy.
+      fitness_fn: scores one member (shaped like ``x0``); minimised.
+      batch_size: evaluate the population this many members at a time (``lax.map``).
+      fitness_takes_key: call ``fitness_fn(member, key)`` with a per-generation key.
+      mesh: a 1-D mesh to shard the population over (as in :func:`step`).
       key: the run's key; generation ``g`` uses ``fold_in(key, g)``.
       state: the initial (or resumed) state.
       num_generations: generations to run (a Python int >= 0, static).
@@ -173,7 +177,10 @@ def run(
     vmappable: for that, use :func:`evolve`.
 
     Args:
-      es, fitness_fn, batch_size, fitness_takes_key: as in :func:`step`.
+      es: the strategy.
+      fitness_fn: scores one member (shaped like ``x0``); minimised.
+      batch_size: evaluate the population this many members at a time (``lax.map``).
+      fitness_takes_key: call ``fitness_fn(member, key)`` with a per-generation key.
       key: the run's key; generation ``g`` uses ``fold_in(key, g)``.
       state: the initial (or resumed) state.
       num_generations: generations to run from ``state`` (>= 0).

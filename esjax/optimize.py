@@ -89,7 +89,8 @@ def minimize(
         stopping options: ``maxfev`` (default ``1000 · n``), ``maxiter``, ``ftarget`` (stop once
         a value <= it is seen), and for methods with CMA-type termination tests ``xtol`` and
         ``ftol`` (their ``tolx`` / ``tolfun``).
-      seed, key: the PRNG key (``key`` wins; default ``jax.random.key(seed)``).
+      seed: the run's seed when ``key`` is not given.
+      key: the run's PRNG key (default ``jax.random.key(seed)``).
 
     Example:
       >>> result = esjax.minimize(esjax.problems.rosenbrock, jnp.zeros(5), "cma_es",

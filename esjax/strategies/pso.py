@@ -230,8 +230,9 @@ def pso(
       cognitive: ``c1`` (>= 0), default ``0.5 + ln 2``.
       social: ``c2`` (>= 0), default ``0.5 + ln 2``.
       max_velocity: clamp ``|v_id| <= max_velocity`` (>= 0; 0 disables).
-      lower_bound, upper_bound: box bounds, scalars or ``num_dims`` lists, both or neither;
-        finite with ``lower < upper``.
+      lower_bound: lower box bound, a scalar or a ``num_dims`` list (with ``upper_bound``, or
+        neither); finite with ``lower < upper``.
+      upper_bound: upper box bound, likewise.
       bounds_handling: ``"clip"`` (SPSO-2011) or ``"reflect"``.
       init_spread: without bounds, the swarm starts in ``x0 ± init_spread`` (> 0).
 

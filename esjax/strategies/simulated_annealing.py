@@ -205,7 +205,8 @@ def simulated_annealing(
         lets ``σ`` follow the temperature slowly: on 2-D rastrigin ``η = 0.1`` shrank ``σ`` to the
         local scale as soon as the chains cooled, ending the jumps between basins, and halved the
         global-basin success of single chains (about 0.5 to 0.25 with ``η = 0.01``).
-      min_step_size, max_step_size: clip range of the adapted ``σ_i`` (0 < min <= max).
+      min_step_size: lower end of the adapted ``σ_i`` (> 0).
+      max_step_size: upper end of the adapted ``σ_i`` (>= min_step_size).
       reheat_patience: restart the schedule after this many generations without a new best-ever
         fitness (>= 0; 0 disables re-annealing).
 
