@@ -260,3 +260,13 @@ def test_cli_reports_unknown_methods_cleanly(capsys):
     code = main(["compare", str(CONFIGS / "digits_compare.yaml"), "--methods", "sgd", "--quiet"])
     assert code == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+def test_a_method_keeps_its_colour_whatever_else_is_drawn():
+    from esjax.experiments import report
+
+    assert report.method_colour("adam") == report.METHOD_COLOURS["adam"]
+    assert report.method_colour("adam_zero_one") != report.method_colour("adam")
+    assert report.method_colour("my_variant") == report.method_colour("my_variant")
+    colours = {report.method_colour(name) for name in report.METHOD_COLOURS}
+    assert len(colours) == len(report.METHOD_COLOURS)  # no two methods share one

@@ -601,7 +601,7 @@ def run_comparison(
             )
             report.write_metrics_csv(run_dir / method.label / "metrics.csv", summary["history"])
             summaries.append(summary)
-        report.plot_accuracy(summaries, run_dir, config.target_accuracy)
+        report.plot_accuracy(summaries, run_dir, config.target_accuracy, context)
         report.write_comparison_md(run_dir / "comparison.md", context, summaries)
     write_json(
         run_dir / "summary.json",

@@ -7,6 +7,8 @@ headless and never change the user's backend.
 from __future__ import annotations
 
 import csv
+import os
+import zlib
 from pathlib import Path
 
 ACCOUNTING_NOTE = (
@@ -114,32 +116,129 @@ def _figure(width: float = 6.4, height: float = 4.4, columns: int = 1):
     return figure, figure.subplots(1, columns)
 
 
-def plot_accuracy(summaries: list[dict], run_dir: Path, target: float) -> list[Path]:
-    """``accuracy_vs_wall_clock.png`` and ``accuracy_vs_forward_passes.png`` (one line per
-    method, log x axis since methods differ by orders of magnitude; the target dotted)."""
-    paths = []
-    for x_key, x_label, filename in (
-        ("wall_clock_s", "training wall-clock (s, compile excluded)", "accuracy_vs_wall_clock"),
-        ("forward_passes", "forward passes (backward = 2 forwards)", "accuracy_vs_forward_passes"),
-    ):
-        figure, axes = _figure()
-        for s in summaries:
-            rows = [r for r in s["history"] if r[x_key] > 0]
-            style = "-" if s["kind"] == "gradient-free" else "--"
-            axes.plot(
-                [r[x_key] for r in rows],
-                [r["test_accuracy"] for r in rows],
-                style,
-                marker=".",
-                label=s["label"],
-            )
-        axes.axhline(target, color="grey", linestyle=":", label=f"target {target:.0%}")
-        axes.set_xscale("log")
+# One colour per method name wherever it is drawn (CLI plots, notebooks), whatever subset of
+# methods a figure shows: matplotlib's tab10 order, then tab20's light tones.
+METHOD_COLOURS = {
+    "adam": "#d62728",
+    "sgd": "#ff9896",
+    "openai_es": "#1f77b4",
+    "cma_es": "#ff7f0e",
+    "sep_cma_es": "#2ca02c",
+    "simulated_annealing": "#9467bd",
+    "pso": "#8c564b",
+    "eki": "#e377c2",
+    "pgpe": "#17becf",
+    "snes": "#bcbd22",
+    "xnes": "#7f7f7f",
+    "simple_ga": "#aec7e8",
+    "differential_evolution": "#ffbb78",
+    "nelder_mead": "#98df8a",
+    "lm_ma_es": "#c5b0d5",
+    "random_search": "#c49c94",
+    "hill_climbing": "#f7b6d2",
+    "low_rank_es": "#9edae5",
+    "elm": "#dbdb8d",
+}
+X_AXES = {
+    "wall_clock_s": ("training wall-clock (s, compile excluded)", "accuracy_vs_wall_clock"),
+    "forward_passes": (
+        "forward passes (a backward pass = 2 forwards)",
+        "accuracy_vs_forward_passes",
+    ),
+}
+
+
+# Labels that are not a method name (variants such as ``adam_zero_one``) take a colour from
+# matplotlib's tab20b by a hash of the label: fixed, whatever else a figure draws.
+EXTRA_COLOURS = (
+    "#393b79", "#5254a3", "#6b6ecf", "#9c9ede", "#637939", "#8ca252", "#b5cf6b", "#cedb9c",
+    "#8c6d31", "#bd9e39", "#e7ba52", "#e7cb94", "#843c39", "#ad494a", "#d6616b", "#e7969c",
+    "#7b4173", "#a55194", "#ce6dbd", "#de9ed6",
+)  # fmt: skip
+
+
+def method_colour(label: str) -> str:
+    """The colour of a method label: its own for a method name (``adam``, ``openai_es``, ...),
+    otherwise a fixed colour hashed from the label, so it never depends on which other methods
+    a figure draws."""
+    if label in METHOD_COLOURS:
+        return METHOD_COLOURS[label]
+    return EXTRA_COLOURS[zlib.crc32(label.encode()) % len(EXTRA_COLOURS)]
+
+
+def machine_description() -> str:
+    """``"cpu, 2 cores"`` or the accelerator kind: what a figure's title says it ran on."""
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return f"CPU, {os.cpu_count()} cores"
+    return f"{device.device_kind} × {jax.device_count()}"
+
+
+def accuracy_figure(summaries: list[dict], x_key: str, target: float, title: str = ""):
+    """Test accuracy against ``x_key`` (``wall_clock_s`` or ``forward_passes``): a full 0-1 panel
+    and a zoomed panel of the test error ``1 − accuracy`` on a log axis, where methods that
+    crowd near the top separate. Solid lines are gradient-free methods, dashed ones gradient
+    methods; step 0 is drawn at the left edge of the symmetric-log x axis."""
+    from matplotlib.lines import Line2D
+
+    x_label, _ = X_AXES[x_key]
+    figure, (full, zoom) = _figure(width=6.0, height=4.4, columns=2)
+    smallest = min((r[x_key] for s in summaries for r in s["history"] if r[x_key] > 0), default=1.0)
+    for s in summaries:
+        rows = s["history"]
+        style = "-" if s["kind"] == "gradient-free" else "--"
+        xs = [r[x_key] for r in rows]
+        colour = method_colour(s["label"])
+        full.plot(
+            xs,
+            [r["test_accuracy"] for r in rows],
+            style,
+            marker=".",
+            color=colour,
+            label=s["label"],
+        )
+        errors = [max(1.0 - r["test_accuracy"], 1e-4) for r in rows]
+        zoom.plot(xs, errors, style, marker=".", color=colour)
+    for axes in (full, zoom):
+        axes.set_xscale("symlog", linthresh=smallest)  # keeps x = 0 (the shared start) visible
+        axes.set_xlim(left=0)
         axes.set_xlabel(x_label)
-        axes.set_ylabel("test accuracy")
-        axes.set_ylim(0.0, 1.0)
         axes.grid(alpha=0.3)
-        axes.legend()
+    full.axhline(target, color="grey", linestyle=":")
+    full.set_ylim(0.0, 1.0)
+    full.set_ylabel("test accuracy")
+    zoom.axhline(1.0 - target, color="grey", linestyle=":")
+    zoom.set_yscale("log")
+    zoom.set_ylabel("test error (1 − accuracy), log scale")
+    handles, _ = full.get_legend_handles_labels()
+    handles += [
+        Line2D([], [], color="black", linestyle="-", label="solid: gradient-free"),
+        Line2D([], [], color="black", linestyle="--", label="dashed: gradient (backprop)"),
+        Line2D([], [], color="grey", linestyle=":", label=f"target {target:.0%}"),
+    ]
+    full.legend(handles=handles, fontsize="small")
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def plot_accuracy(
+    summaries: list[dict], run_dir: Path, target: float, context: dict | None = None
+) -> list[Path]:
+    """``accuracy_vs_wall_clock.png`` and ``accuracy_vs_forward_passes.png``
+    (:func:`accuracy_figure`), titled with the task, the model size and the machine."""
+    title = ""
+    if context is not None:
+        sizes = {s.get("num_params") for s in summaries} - {None}
+        model = f"MLP {context.get('model', {}).get('hidden')}"
+        if len(sizes) == 1:
+            model += f", {sizes.pop():,} parameters"
+        title = f"{context.get('task', '')}: {model} · {machine_description()}"
+    paths = []
+    for x_key, (_, filename) in X_AXES.items():
+        figure = accuracy_figure(summaries, x_key, target, title)
         path = run_dir / f"{filename}.png"
         figure.savefig(path, dpi=120)
         paths.append(path)
@@ -216,6 +315,12 @@ def write_scaling(run_dir: Path, rows: list[dict], target: float) -> None:
 __all__ = [
     "ACCOUNTING_NOTE",
     "SCALING_COLUMNS",
+    "EXTRA_COLOURS",
+    "METHOD_COLOURS",
+    "X_AXES",
+    "accuracy_figure",
+    "machine_description",
+    "method_colour",
     "plot_accuracy",
     "summary_table",
     "time_to_target",
