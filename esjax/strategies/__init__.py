@@ -4,7 +4,9 @@ from collections.abc import Callable
 
 from esjax.base import Strategy
 from esjax.strategies.cma_es import cma_es
+from esjax.strategies.differential_evolution import differential_evolution
 from esjax.strategies.eki import eki
+from esjax.strategies.nelder_mead import nelder_mead
 from esjax.strategies.openai_es import openai_es
 from esjax.strategies.pso import pso
 from esjax.strategies.sep_cma_es import sep_cma_es
@@ -17,6 +19,8 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "eki": eki,
     "cma_es": cma_es,
     "sep_cma_es": sep_cma_es,
+    "nelder_mead": nelder_mead,
+    "differential_evolution": differential_evolution,
 }
 
 
@@ -30,8 +34,10 @@ def get_strategy(name: str) -> Callable[..., Strategy]:
 __all__ = [
     "STRATEGIES",
     "cma_es",
+    "differential_evolution",
     "eki",
     "get_strategy",
+    "nelder_mead",
     "openai_es",
     "pso",
     "sep_cma_es",

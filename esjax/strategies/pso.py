@@ -59,11 +59,11 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from esjax import shaping
 from esjax.base import Capabilities, Strategy, StrategyState, check_int, make_strategy
+from esjax.bounds import bounds_like, check_bounds
 from esjax.prng import (
     float_bits_type,
     random_bits,
@@ -262,23 +262,14 @@ def pso(
             f"num_neighbors must be even and smaller than population_size={population_size} "
             f"for the ring topology, got {num_neighbors}"
         )
-    bounds = _check_bounds(lower_bound, upper_bound)
+    bounds = check_bounds(lower_bound, upper_bound)
     indices = jnp.arange(population_size)
-
-    def bounds_like(vector: jax.Array) -> tuple[jax.Array, jax.Array]:
-        shape = vector.shape
-        for name, bound in zip(("lower_bound", "upper_bound"), bounds, strict=True):
-            if bound.ndim and bound.shape != shape:
-                raise ValueError(
-                    f"{name} must be a scalar or have shape {shape}, got {bound.shape}"
-                )
-        return tuple(jnp.broadcast_to(jnp.asarray(b, vector.dtype), shape) for b in bounds)
 
     def init(key: jax.Array, mean: jax.Array, params: PSOParams) -> dict:
         if bounds is None:
             lower, upper = mean - params.init_spread, mean + params.init_spread
         else:
-            lower, upper = bounds_like(mean)
+            lower, upper = bounds_like(bounds, mean)
 
         uint, _, _ = float_bits_type(mean.dtype)
         bits = random_bits(key, (2, population_size, *mean.shape), uint)
@@ -337,7 +328,7 @@ def pso(
         if bounds is None:
             positions = jnp.where(first, x, x + velocities)
         else:
-            lower, upper = bounds_like(state.best_solution)
+            lower, upper = bounds_like(bounds, state.best_solution)
             moved = x + velocities
             outside = ((moved < lower) | (moved > upper)) & ~first
             if bounds_handling == "clip":
@@ -387,29 +378,6 @@ def pso(
         info=info,
         capabilities=Capabilities(solution="best_solution", init_uses_key=True, bounds=bounds),
     )
-
-
-def _check_bounds(lower, upper) -> tuple[np.ndarray, np.ndarray] | None:
-    if lower is None and upper is None:
-        return None
-    if lower is None or upper is None:
-        missing = "lower_bound" if lower is None else "upper_bound"
-        raise ValueError(f"{missing} is required when the other bound is given (both or neither)")
-    bounds = []
-    for name, bound in (("lower_bound", lower), ("upper_bound", upper)):
-        array = np.asarray(bound, dtype=np.float64)
-        if array.ndim > 1 or not np.all(np.isfinite(array)):
-            raise ValueError(f"{name} must be a finite scalar or 1-D list, got {bound!r}")
-        bounds.append(array)
-    lower, upper = bounds
-    if lower.shape and upper.shape and lower.shape != upper.shape:
-        raise ValueError(
-            f"lower_bound and upper_bound must have the same length, got {lower.shape} and "
-            f"{upper.shape}"
-        )
-    if not np.all(lower < upper):
-        raise ValueError("lower_bound must be smaller than upper_bound in every coordinate")
-    return lower, upper
 
 
 __all__ = [
