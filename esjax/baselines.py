@@ -20,6 +20,7 @@ budgets are measured identically:
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -30,7 +31,7 @@ import optax
 from flax import struct
 
 from esjax import nn
-from esjax.base import check_int
+from esjax.base import check_int, check_range
 from esjax.tasks.supervised import Dataset
 
 PyTree = Any
@@ -231,6 +232,102 @@ def timed_run(
     return TimedRun(state=state, history=history, compile_seconds=compile_seconds, steps=done)
 
 
+@struct.dataclass
+class ELMState:
+    """An extreme learning machine's parameters and whether its readout has been solved."""
+
+    params: PyTree
+    step: jax.Array
+
+
+def _head(params: PyTree) -> tuple[tuple, tuple]:
+    """Paths of the output layer's kernel and bias: the layer with the largest index among
+    those holding a 2-D ``kernel`` (``Dense_3`` in linen, ``layers[3]`` in nnx)."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    layers = {}
+    for path, leaf in leaves:
+        names = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path]
+        if "kernel" in names and jnp.ndim(leaf) == 2:
+            layer = tuple(path[: names.index("kernel")])
+            digits = re.findall(r"\d+", str(names[names.index("kernel") - 1]))
+            layers[layer] = (int(digits[-1]) if digits else -1, path)
+    if not layers:
+        raise ValueError("an ELM needs a model whose output layer is a Dense 'kernel' + 'bias'")
+    layer, (_, kernel_path) = max(layers.items(), key=lambda item: item[1][0])
+    bias = [p for p, _ in leaves if tuple(p[: len(layer)]) == layer and p != kernel_path]
+    if len(bias) != 1:
+        raise ValueError("the output layer of an ELM needs exactly one bias next to its kernel")
+    return kernel_path, bias[0]
+
+
+def elm_readout(
+    model: nn.FlaxModel, params: PyTree, x: jax.Array, targets: jax.Array, ridge: float
+) -> PyTree:
+    """``params`` with the output layer replaced by the ridge least-squares readout.
+
+    Extreme learning machine (Huang, Zhu & Siew, "Extreme learning machine: Theory and
+    applications", Neurocomputing 70, 2006): every layer but the last keeps its random initial
+    weights; with ``H`` the last hidden layer's outputs on the training set (a column of ones
+    appended for the bias) and ``T`` the one-hot targets, the readout is
+    ``β = (HᵀH + λ I)⁻¹ HᵀT`` (``λ = ridge``, relative to the mean diagonal of ``HᵀH``).
+
+    ``H`` is read off the model itself: its output is affine in the output layer's kernel, so
+    column ``i`` of ``H`` is the derivative of output 0 along kernel entry ``(i, 0)`` (one
+    forward-mode pass per hidden unit, vmapped), which works for any Flax MLP-like model.
+    """
+    kernel_path, bias_path = _head(params)
+    kernel = _get(params, kernel_path)
+
+    def outputs(head_kernel):
+        return model.apply(_set(params, kernel_path, head_kernel), x)
+
+    def column(i):
+        tangent = jnp.zeros_like(kernel).at[i, 0].set(1.0)
+        return jax.jvp(outputs, (kernel,), (tangent,))[1][:, 0]
+
+    hidden = jax.vmap(column, out_axes=1)(jnp.arange(kernel.shape[0]))
+    features = jnp.concatenate([hidden, jnp.ones((hidden.shape[0], 1), hidden.dtype)], axis=1)
+    gram = features.T @ features
+    scale = jnp.trace(gram) / gram.shape[0]
+    beta = jnp.linalg.solve(gram + ridge * scale * jnp.eye(gram.shape[0]), features.T @ targets)
+    solved = _set(params, kernel_path, beta[:-1].astype(kernel.dtype))
+    return _set(solved, bias_path, beta[-1].astype(kernel.dtype))
+
+
+def _get(tree: PyTree, path: tuple) -> jax.Array:
+    for leaf_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if leaf_path == path:
+            return leaf
+    raise KeyError(path)
+
+
+def _set(tree: PyTree, path: tuple, value: jax.Array) -> PyTree:
+    return jax.tree_util.tree_map_with_path(lambda p, leaf: value if p == path else leaf, tree)
+
+
+def elm_trainer(
+    model: nn.FlaxModel, dataset: Dataset, ridge: float = 1e-3
+) -> tuple[Callable[[PyTree], ELMState], Callable[[jax.Array, ELMState], tuple[ELMState, dict]]]:
+    """``(init, step)`` of the ELM baseline for :func:`timed_run`: step 0 solves the readout on
+    the whole training set (one forward pass per training example); later steps keep it."""
+    check_range("ridge", ridge, 0.0, None)
+    num_classes = int(jnp.max(dataset.y_train)) + 1
+    targets = jax.nn.one_hot(dataset.y_train, num_classes)
+
+    def init(params: PyTree) -> ELMState:
+        return ELMState(params=params, step=jnp.array(0, jnp.int32))
+
+    def step(key: jax.Array, state: ELMState) -> tuple[ELMState, dict]:
+        del key
+        solved = elm_readout(model, state.params, dataset.x_train, targets, ridge)
+        params = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(state.step == 0, new, old), solved, state.params
+        )
+        return ELMState(params=params, step=state.step + 1), {}
+
+    return init, step
+
+
 def classifier_metrics(model: nn.FlaxModel, dataset: Dataset) -> Callable[[PyTree], dict]:
     """A jitted ``params -> {train_loss, train_accuracy, test_loss, test_accuracy}``.
 
@@ -289,6 +386,9 @@ def train_optax(
 
 
 __all__ = [
+    "ELMState",
+    "elm_readout",
+    "elm_trainer",
     "BACKWARD_COST_IN_FORWARDS",
     "GradientState",
     "GradientTrainer",

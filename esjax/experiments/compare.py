@@ -59,6 +59,7 @@ from esjax.base import check_int
 from esjax.baselines import (
     BACKWARD_COST_IN_FORWARDS,
     classifier_metrics,
+    elm_trainer,
     optax_trainer,
     timed_run,
 )
@@ -78,6 +79,7 @@ METHOD_KEYS = (
     "label",
     "strategy",
     "optimizer",
+    "elm",
     "generations",
     "steps",
     "loss",
@@ -96,6 +98,9 @@ class MethodConfig:
       label: its name in tables, plots and the output folder.
       strategy: a strategy section (gradient-free), or None.
       optimizer: an optax optimizer section (gradient), or None.
+      elm: an extreme-learning-machine section (``{ridge: λ}``: the model's hidden layers keep
+        their random initial weights, the output layer is solved by ridge least squares on the
+        training set; :func:`esjax.baselines.elm_readout`), or None.
       steps: generations or optimizer steps.
       loss, batch_size, eval_every, activation: overrides of the comparison's defaults.
       population_batch_size: evaluate the population this many members at a time.
@@ -110,10 +115,17 @@ class MethodConfig:
     eval_every: int
     activation: str
     population_batch_size: int | None = None
+    elm: dict | None = None
 
     @property
     def gradient_free(self) -> bool:
         return self.strategy is not None
+
+    @property
+    def kind(self) -> str:
+        if self.elm is not None:
+            return "least-squares readout"
+        return "gradient-free" if self.gradient_free else "gradient"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,14 +180,23 @@ def _parse_method(
     if not isinstance(raw, dict):
         raise TypeError(f"{where} must be a mapping, got {type(raw).__name__}")
     _check_keys("a method", raw, METHOD_KEYS)
-    if ("strategy" in raw) == ("optimizer" in raw):
+    if sum(key in raw for key in ("strategy", "optimizer", "elm")) != 1:
         raise ValueError(
-            "each method needs exactly one of 'strategy' (gradient-free) or 'optimizer' "
-            f"(gradient), got {sorted(raw)}"
+            f"{where} needs exactly one of 'strategy' (gradient-free), 'optimizer' (gradient) or "
+            f"'elm' (a least-squares readout), got {sorted(raw)}"
         )
+    if "elm" in raw:
+        elm = raw["elm"] if raw["elm"] is not None else {}
+        if not isinstance(elm, dict):
+            raise TypeError(f"{where}.elm must be a mapping (e.g. {{ridge: 1e-3}})")
+        _check_keys(f"{where}.elm", elm, ("ridge",))
+        if isinstance(elm.get("ridge"), str | bool):
+            raise TypeError(f"{where}.elm.ridge must be a number, got {elm['ridge']!r}")
     if "strategy" in raw:
         validate_strategy_section(raw["strategy"], f"{where}.strategy")
-    label = raw.get("label") or (raw.get("strategy") or raw.get("optimizer"))["name"]
+    label = raw.get("label") or (
+        "elm" if "elm" in raw else (raw.get("strategy") or raw.get("optimizer"))["name"]
+    )
     budget = [raw[k] for k in ("generations", "steps") if k in raw]
     if len(budget) != 1:
         raise ValueError(f"method {label!r} needs one of 'generations' or 'steps'")
@@ -209,6 +230,7 @@ def _parse_method(
         ),
         activation=activation,
         population_batch_size=population_batch_size,
+        elm=None if "elm" not in raw else dict(raw["elm"] or {}),
     )
 
 
@@ -339,6 +361,21 @@ def build_method(
             forward_passes_per_step=es.population_size * examples,
             examples_per_step=examples,
             description=f"{method.strategy['name']}, population {es.population_size}",
+        )
+    if method.elm is not None:
+        init, step = elm_trainer(model, dataset, **method.elm)
+        return MethodSetup(
+            model=model,
+            step_fn=step,
+            state=init(model.params),
+            counter=lambda s: s.step,
+            evaluate=lambda s: metrics(s.params),
+            solution=lambda s: s.params,
+            # One forward pass per training example gives the hidden features; the solve is a
+            # (hidden + 1)² system. Counted once: later steps keep the readout.
+            forward_passes_per_step=dataset.num_train,
+            examples_per_step=dataset.num_train,
+            description=f"ELM, ridge readout (λ = {method.elm.get('ridge', 1e-3)})",
         )
     trainer = optax_trainer(fitness, build_optimizer(method.optimizer), method.label)
     return MethodSetup(
@@ -504,7 +541,7 @@ def run_method(
     final = result.history[-1]
     summary = {
         "label": method.label,
-        "kind": "gradient-free" if method.gradient_free else "gradient",
+        "kind": method.kind,
         "description": setup.description,
         "loss": method.loss,
         "activation": method.activation,

@@ -180,7 +180,7 @@ def accuracy_figure(summaries: list[dict], x_key: str, target: float, title: str
     """Test accuracy against ``x_key`` (``wall_clock_s`` or ``forward_passes``): a full 0-1 panel
     and a zoomed panel of the test error ``1 − accuracy`` on a log axis, where methods that
     crowd near the top separate. Solid lines are gradient-free methods, dashed ones gradient
-    methods; step 0 is drawn at the left edge of the symmetric-log x axis."""
+    methods, dotted the ELM baseline; step 0 is drawn at the left edge of the symlog x axis."""
     from matplotlib.lines import Line2D
 
     x_label, _ = X_AXES[x_key]
@@ -188,7 +188,7 @@ def accuracy_figure(summaries: list[dict], x_key: str, target: float, title: str
     smallest = min((r[x_key] for s in summaries for r in s["history"] if r[x_key] > 0), default=1.0)
     for s in summaries:
         rows = s["history"]
-        style = "-" if s["kind"] == "gradient-free" else "--"
+        style = {"gradient-free": "-", "gradient": "--"}.get(s["kind"], ":")
         xs = [r[x_key] for r in rows]
         colour = method_colour(s["label"])
         full.plot(
@@ -216,6 +216,7 @@ def accuracy_figure(summaries: list[dict], x_key: str, target: float, title: str
     handles += [
         Line2D([], [], color="black", linestyle="-", label="solid: gradient-free"),
         Line2D([], [], color="black", linestyle="--", label="dashed: gradient (backprop)"),
+        Line2D([], [], color="black", linestyle=":", label="dotted: least-squares readout (ELM)"),
         Line2D([], [], color="grey", linestyle=":", label=f"target {target:.0%}"),
     ]
     full.legend(handles=handles, fontsize="small")
