@@ -6,10 +6,14 @@ from esjax.base import Strategy
 from esjax.strategies.cma_es import cma_es
 from esjax.strategies.differential_evolution import differential_evolution
 from esjax.strategies.eki import eki
+from esjax.strategies.hill_climbing import hill_climbing
+from esjax.strategies.lm_ma_es import lm_ma_es
 from esjax.strategies.nelder_mead import nelder_mead
 from esjax.strategies.openai_es import openai_es
 from esjax.strategies.pso import pso
+from esjax.strategies.random_search import random_search
 from esjax.strategies.sep_cma_es import sep_cma_es
+from esjax.strategies.simple_ga import simple_ga
 from esjax.strategies.simulated_annealing import simulated_annealing
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
@@ -21,6 +25,10 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "sep_cma_es": sep_cma_es,
     "nelder_mead": nelder_mead,
     "differential_evolution": differential_evolution,
+    "simple_ga": simple_ga,
+    "random_search": random_search,
+    "hill_climbing": hill_climbing,
+    "lm_ma_es": lm_ma_es,
 }
 
 
@@ -37,9 +45,13 @@ __all__ = [
     "differential_evolution",
     "eki",
     "get_strategy",
+    "hill_climbing",
+    "lm_ma_es",
     "nelder_mead",
     "openai_es",
     "pso",
+    "random_search",
     "sep_cma_es",
+    "simple_ga",
     "simulated_annealing",
 ]
