@@ -11,7 +11,7 @@ from esjax.estimators import es_gradient
 from esjax.flatten import FlatSpec, flatten
 from esjax.loop import evaluate_population
 from esjax.optimize import MinimizeResult, minimize
-from esjax.restarts import ipop
+from esjax.restarts import bipop, ipop
 from esjax.strategies import (
     STRATEGIES,
     cma_es,
@@ -40,6 +40,7 @@ __all__ = [
     "Strategy",
     "StrategyState",
     "baselines",
+    "bipop",
     "checkpoint",
     "cma_es",
     "differential_evolution",

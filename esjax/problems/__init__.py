@@ -1,5 +1,8 @@
-"""Test problems: classic functions (``functions``); supervised and control tasks live beside."""
+"""Test problems: classic functions (``functions``) and COCO's BBOB suite (``bbob``); supervised
+and control tasks live beside."""
 
+from esjax.problems import bbob
+from esjax.problems.bbob import BBOBProblem, bbob_function
 from esjax.problems.functions import (
     FUNCTIONS,
     Problem,
@@ -13,9 +16,12 @@ from esjax.problems.functions import (
 )
 
 __all__ = [
+    "BBOBProblem",
     "FUNCTIONS",
     "Problem",
     "ackley",
+    "bbob",
+    "bbob_function",
     "ellipsoid",
     "make_problem",
     "random_rotation",
