@@ -22,11 +22,14 @@ from esjax.strategies import (
     lm_ma_es,
     nelder_mead,
     openai_es,
+    pgpe,
     pso,
     random_search,
     sep_cma_es,
     simple_ga,
     simulated_annealing,
+    snes,
+    xnes,
 )
 
 __version__ = "0.2.0"
@@ -60,6 +63,7 @@ __all__ = [
     "nn",
     "openai_es",
     "problems",
+    "pgpe",
     "pso",
     "random_search",
     "restarts",
@@ -68,6 +72,8 @@ __all__ = [
     "simple_ga",
     "shaping",
     "simulated_annealing",
+    "snes",
     "step",
     "tasks",
+    "xnes",
 ]

@@ -10,11 +10,14 @@ from esjax.strategies.hill_climbing import hill_climbing
 from esjax.strategies.lm_ma_es import lm_ma_es
 from esjax.strategies.nelder_mead import nelder_mead
 from esjax.strategies.openai_es import openai_es
+from esjax.strategies.pgpe import pgpe
 from esjax.strategies.pso import pso
 from esjax.strategies.random_search import random_search
 from esjax.strategies.sep_cma_es import sep_cma_es
 from esjax.strategies.simple_ga import simple_ga
 from esjax.strategies.simulated_annealing import simulated_annealing
+from esjax.strategies.snes import snes
+from esjax.strategies.xnes import xnes
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "openai_es": openai_es,
@@ -29,6 +32,9 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "random_search": random_search,
     "hill_climbing": hill_climbing,
     "lm_ma_es": lm_ma_es,
+    "pgpe": pgpe,
+    "snes": snes,
+    "xnes": xnes,
 }
 
 
@@ -49,9 +55,12 @@ __all__ = [
     "lm_ma_es",
     "nelder_mead",
     "openai_es",
+    "pgpe",
     "pso",
     "random_search",
     "sep_cma_es",
     "simple_ga",
     "simulated_annealing",
+    "snes",
+    "xnes",
 ]
