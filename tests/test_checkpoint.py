@@ -17,7 +17,7 @@ import optax
 import pytest
 import yaml
 from flax import struct
-from strategy_cases import NUM_DIMS, STRATEGY_CASES
+from strategy_cases import NUM_DIMS, STRATEGY_CASES, key_data
 
 import esjax
 from esjax import checkpoint
@@ -29,9 +29,15 @@ from esjax.experiments.setup import build_problem
 from esjax.loop import make_generation, scan_generations
 from esjax.problems import sphere
 
-CASE_IDS = [case[0] for case in STRATEGY_CASES]
-FACTORIES = {case[0]: case[1] for case in STRATEGY_CASES}
+CASE_IDS = [case.id for case in STRATEGY_CASES]
+CASES = {case.id: case for case in STRATEGY_CASES}
+FACTORIES = {case.id: case.factory for case in STRATEGY_CASES}
 GENERATIONS, KILLED_AT, CHUNK = 32, 12, 4
+# `esjax run` killed and resumed in chunks of other lengths than the reference's CHUNK (its
+# log_every may change on resume), so a loop that keyed generations by their index within a
+# chunk, not by state.generation, would draw other keys than the reference does. (Each CLI run
+# compiles its own chunks anyway, so this costs no extra compilation.)
+KILLED_LOG_EVERY, RESUMED_LOG_EVERY = 3, 5
 CONFIG = {
     "name": "resumable",
     "seed": 7,
@@ -39,25 +45,30 @@ CONFIG = {
     "log_every": CHUNK,
     "checkpoint_every": CHUNK,
     # Rosenbrock's curved valley rather than the sphere: a wrong key or a lost state field (an
-    # evolution path, an optimizer moment) visibly changes the trajectory.
+    # evolution path, an optimizer moment) visibly changes the trajectory. (The row's own
+    # valley problem: residual vectors for EKI, see strategy_cases.)
     "problem": {"name": "rosenbrock", "num_dims": NUM_DIMS, "x0": 0.5},
 }
 
 
 def _strategy_section(name):
-    return {"name": name, "population_size": FACTORIES[name]().population_size}
+    return CASES[name].section()
+
+
+def _problem_section(name):
+    return {**CONFIG["problem"], "name": CASES[name].problem}
 
 
 def runner_setup(name):
     """What ``esjax run CONFIG`` builds for strategy ``name``: ``(es, fitness_fn, key, start)``.
 
-    The strategy comes from the config section ``esjax run`` sees (the row's population size,
-    every other hyperparameter at its default) and the runner's keys: problem
+    The strategy comes from the config section ``esjax run`` sees (the row's population size and
+    options, every other hyperparameter at its default) and the runner's keys: problem
     ``fold_in(seed, 0)``, init ``fold_in(seed, 1)``, generations ``fold_in(seed, 2)``.
     """
     es = build_strategy(_strategy_section(name))
     seed_key = jax.random.key(CONFIG["seed"])
-    problem = build_problem(CONFIG["problem"], jax.random.fold_in(seed_key, 0))
+    problem = build_problem(_problem_section(name), jax.random.fold_in(seed_key, 0))
     start = es.init(jax.random.fold_in(seed_key, 1), problem.x0)
     return es, problem.fitness_fn, jax.random.fold_in(seed_key, 2), start
 
@@ -100,6 +111,11 @@ def test_kill_and_resume_equals_straight_run_exactly(name, tmp_path):
     like = FACTORIES[name]().init(jax.random.key(99), jnp.full(NUM_DIMS, 3.0))
     loaded = checkpoint.load(path, like, strategy=es)
     chex.assert_trees_all_equal(loaded, killed)
+    if es.capabilities.state_holds_key:
+        # The saved key, not the template's (which a fresh init with another seed gave `like`).
+        assert not np.array_equal(key_data(like.key), key_data(killed.key))
+        np.testing.assert_array_equal(key_data(loaded.key), key_data(killed.key))
+        assert loaded.key.dtype == killed.key.dtype  # still a typed key, same implementation
     # `like` may also be abstract (jax.eval_shape): nothing needs materialising to restore.
     abstract = jax.eval_shape(es.init, jax.random.key(0), jnp.ones(NUM_DIMS))
     chex.assert_trees_all_equal(checkpoint.load(path, abstract), killed)
@@ -234,8 +250,9 @@ def test_every_registered_strategy_refuses_the_others_checkpoints(tmp_path):
     if len(STRATEGY_CASES) < 2:
         pytest.skip("needs at least two strategies in tests/strategy_cases.py")
     states = {}
-    for name, factory, _, _ in STRATEGY_CASES:
-        states[name] = factory().init(jax.random.key(0), jnp.ones(NUM_DIMS))
+    for case in STRATEGY_CASES:
+        name = case.id
+        states[name] = case.factory().init(jax.random.key(0), jnp.ones(NUM_DIMS))
         checkpoint.save(tmp_path / f"{name}.msgpack", states[name], strategy=name)
     for saved in states:
         for target, like in states.items():
@@ -278,7 +295,12 @@ def test_checkpoint_file_is_msgpack_not_pickle(saved_twice):
 
 
 def _write_config(tmp_path, name, **changes):
-    config = {**CONFIG, "strategy": _strategy_section(name), **changes}
+    config = {
+        **CONFIG,
+        "strategy": _strategy_section(name),
+        "problem": _problem_section(name),
+        **changes,
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -311,12 +333,14 @@ def _like_for(name):
 
 
 def test_cli_resume_is_bit_identical_to_an_uninterrupted_run(name, tmp_path):
-    """`esjax run` killed after 12 generations, then `--resume` with the full budget of 32."""
-    config = _write_config(tmp_path, name)
+    """`esjax run` killed after 12 generations, then `--resume` with the full budget of 32; the
+    two runs go in 3- and 5-generation chunks, the reference in chunks of 4."""
+    config = _write_config(tmp_path, name, log_every=KILLED_LOG_EVERY)
     _cli(config, tmp_path, "--generations", str(KILLED_AT))  # the "kill": budget cut at 12
     run_dir = tmp_path / "resumable"
     assert checkpoint.read_header(run_dir / "checkpoint.msgpack")["generation"] == KILLED_AT
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == KILLED_AT + 1
+    config = _write_config(tmp_path, name, log_every=RESUMED_LOG_EVERY)  # may change on resume
     _cli(config, tmp_path, "--resume")
     summary = _check_matches_reference(run_dir, name, tmp_path)
     assert summary["resumed_from_generation"] == KILLED_AT

@@ -305,6 +305,62 @@ def test_one_update_matches_the_tutorial_equations(active, path_scale, h_sigma):
         np.testing.assert_allclose(rebuilt, new.covariance, rtol=1e-9, atol=1e-12)
 
 
+def test_first_generation_keeps_the_rank_one_update():
+    """The first ``tell`` from ``init`` (g = 0): p_σ has then had one update, whose variance is
+    ``c_σ (2 - c_σ) = 1 - (1 - c_σ)^{2(g+1)}``, so h_σ is 1 for an ordinary step and
+    ``p_c = √(c_c (2 - c_c) μ_eff) ⟨y⟩_w`` (eq. 45 from p_c = 0). The normaliser at exponent
+    2g instead is 0, which stalls h_σ on every first generation and loses that update."""
+    n, lam, sigma = 5, 8, 0.7  # the tutorial test's sizes (its eager ops are compiled already)
+    rng = np.random.default_rng(11)
+    mean = rng.normal(size=n)
+    population = mean + sigma * rng.normal(size=(lam, n))  # what ask draws from init's N(m, σ² I)
+    fitness = rng.permutation(lam).astype(float)  # ranks unrelated to the step: an ordinary one
+    with jax.enable_x64(True):
+        es = esjax.cma_es(population_size=lam, num_dims=n, sigma=sigma, eigen_interval=1)
+        state = es.init(jax.random.key(0), jnp.asarray(mean))
+        new = es.tell(state, jnp.asarray(population), jnp.asarray(fitness))
+        assert int(state.generation) == 0 and new.path_c.dtype == jnp.float64
+    weights = np.asarray(state.weights, np.float64)
+    positive = np.where(weights > 0, weights, 0.0)
+    steps = (population[np.argsort(fitness)] - mean) / sigma  # y_{i:λ}
+    step = positive @ steps  # ⟨y⟩_w (eq. 41)
+    mu_eff = positive.sum() ** 2 / np.sum(positive**2)
+    # h_σ's test with C = I: ‖p_σ‖ / √(c_σ (2 - c_σ)) = √μ_eff ‖⟨y⟩_w‖ is below the threshold.
+    chi_n = np.sqrt(n) * (1 - 1 / (4 * n) + 1 / (21 * n**2))
+    assert np.sqrt(mu_eff) * np.linalg.norm(step) < (1.4 + 2 / (n + 1)) * chi_n
+    c_c = float(new.params.c_c)
+    expected = np.sqrt(c_c * (2 - c_c) * mu_eff) * step
+    assert np.linalg.norm(expected) > 0.1
+    np.testing.assert_allclose(new.path_c, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_negative_weights_are_capped_by_alpha_posdef():
+    """Eq. 53 scales the negative weights to sum to ``-min(α_μ, α_μ_eff, α_posdef)`` (eqs.
+    50-52). With the default rates α_posdef is never the smallest for small n; a large c_μ
+    makes it so: λ = 8, n = 5, c_1 = 0.1, c_μ = 0.5 give α_μ = 1.2, α_μ_eff ≈ 1.7 and
+    α_posdef = (1 - c_1 - c_μ) / (n c_μ) = 0.16."""
+    n, lam, c_1, c_mu = 5, 8, 0.1, 0.5
+    mu = lam // 2
+    prime = np.log((lam + 1) / 2) - np.log(np.arange(1, lam + 1))  # eq. 49
+    mu_eff = prime[:mu].sum() ** 2 / np.sum(prime[:mu] ** 2)
+    mu_eff_minus = prime[mu:].sum() ** 2 / np.sum(prime[mu:] ** 2)
+    alpha_mu = 1 + c_1 / c_mu
+    alpha_mu_eff = 1 + 2 * mu_eff_minus / (mu_eff + 2)
+    alpha_posdef = (1 - c_1 - c_mu) / (n * c_mu)
+    assert alpha_posdef < 0.2 * min(alpha_mu, alpha_mu_eff)  # the branch under test
+    with jax.enable_x64(True):
+        es = esjax.cma_es(population_size=lam, num_dims=n)
+        params = es.default_params.replace(c_1=c_1, c_mu=c_mu)
+        weights = np.asarray(es.init(jax.random.key(0), jnp.zeros(n), params).weights)
+    np.testing.assert_allclose(weights[:mu].sum(), 1.0, rtol=1e-12)
+    assert np.all(weights[mu:] < 0)
+    np.testing.assert_allclose(weights[mu:].sum(), -alpha_posdef, rtol=1e-12)
+    # Negative weights keep the shape of eq. 49's: only their total is capped.
+    np.testing.assert_allclose(
+        weights[mu:], alpha_posdef * prime[mu:] / -prime[mu:].sum(), rtol=1e-12
+    )
+
+
 def test_default_hyperparameters_match_table_1_at_n_10():
     # λ = 10, μ = 5: μ_eff and c_1 as pycma computes them for n = 10 (same formulas, eqs. 49, 57).
     reference = cma.CMAEvolutionStrategy(np.zeros(10), 1.0, {"verbose": -9}).sp

@@ -29,8 +29,9 @@ from test_checkpoint import GENERATIONS, reference_run, runner_setup
 import esjax
 from esjax.problems import sphere
 
-CASE_IDS = [case[0] for case in STRATEGY_CASES]
-FACTORIES = {case[0]: case[1] for case in STRATEGY_CASES}
+CASE_IDS = [case.id for case in STRATEGY_CASES]
+CASES = {case.id: case for case in STRATEGY_CASES}
+FACTORIES = {case.id: case.factory for case in STRATEGY_CASES}
 TESTS_DIR = Path(os.path.abspath(__file__)).parent  # where strategy_cases.py is
 
 
@@ -54,13 +55,15 @@ def rechunked_run(name) -> str:
     return state_digest(state)
 
 
-def float64_run(name, factory, budget, target) -> dict:
-    """The strategy-table sphere run with a float64 ``x0`` (call with jax_enable_x64 on)."""
-    es = factory()
+def float64_run(name) -> dict:
+    """The strategy-table sphere run (the row's fitness) with a float64 ``x0`` (call with
+    jax_enable_x64 on)."""
+    case = CASES[name]
+    es, budget = case.factory(), case.budget
     start = es.init(jax.random.key(0), jnp.ones(NUM_DIMS, jnp.float64))
     population, _ = es.ask(jax.random.key(1), start)
     state, _ = esjax.run(
-        es, sphere, jax.random.key(1), start, budget, log_every=budget, progress=False
+        es, case.fitness, jax.random.key(1), start, budget, log_every=budget, progress=False
     )
     floats = [
         leaf
@@ -72,7 +75,7 @@ def float64_run(name, factory, budget, target) -> dict:
         "population_dtype": str(population.dtype),
         "finite": bool(all(np.all(np.isfinite(np.asarray(leaf))) for leaf in floats)),
         "best_fitness": float(state.best_fitness),
-        "target": target,
+        "target": case.target,
     }
 
 
@@ -84,9 +87,9 @@ CHILD = textwrap.dedent(
     from strategy_cases import STRATEGY_CASES
     from test_determinism import float64_run, rechunked_run
 
-    report = {"digests": {case[0]: rechunked_run(case[0]) for case in STRATEGY_CASES}}
+    report = {"digests": {case.id: rechunked_run(case.id) for case in STRATEGY_CASES}}
     jax.config.update("jax_enable_x64", True)
-    report["x64"] = {case[0]: float64_run(*case) for case in STRATEGY_CASES}
+    report["x64"] = {case.id: float64_run(case.id) for case in STRATEGY_CASES}
     print("REPORT" + json.dumps(report))
     """
 )

@@ -2,7 +2,13 @@
 
 Shaping: outputs are finite and order-consistent with the sanitised fitness (NaN and ±inf rank
 worst, ties share a value). Strategies: whatever the fitness, ``tell`` keeps every state leaf
-finite and the best fitness equal to the smallest finite fitness seen.
+finite and the best fitness equal to the smallest finite fitness seen. A strategy that takes
+residual vectors gets each member's fitness value as a one-entry residual ``r = [f]``, so its
+best fitness is the smallest finite misfit ``½ f²`` seen; its finite values are drawn from
+[-1, 1] and the huge landscape is left out, because EKI's Kalman step is not yet stable in
+float32 once ``h ‖Γ^-1/2 Δr‖²`` nears 1/eps (a known failure, held as a strict xfail by
+``tests/test_eki.py::test_kalman_step_stays_bounded_for_large_residuals``; huge residuals also
+overflow the misfit ``½ r²`` itself).
 
 Examples are few (JAX dispatch is the cost) and each strategy's ask/tell is jitted once.
 """
@@ -17,7 +23,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategy_cases import NUM_DIMS, STRATEGY_CASES
+from strategy_cases import NUM_DIMS, STRATEGY_CASES, key_data
 
 from esjax import shaping
 
@@ -34,8 +40,8 @@ def fitness_values(max_magnitude=2.0**100):
     )
 
 
-def fitness_vectors(size):
-    return hnp.arrays(np.float32, size, elements=fitness_values())
+def fitness_vectors(size, max_magnitude=2.0**100):
+    return hnp.arrays(np.float32, size, elements=fitness_values(max_magnitude))
 
 
 # A few sizes: every new shape costs a compilation of each shaping op.
@@ -124,19 +130,36 @@ LONG_RUN = 300
 KNOWN_FAILURES: dict[str, str] = {}
 CASES = [
     pytest.param(
-        case[0],
-        marks=[pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[case[0]])]
-        if case[0] in KNOWN_FAILURES
+        case.id,
+        marks=[pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[case.id])]
+        if case.id in KNOWN_FAILURES
         else [],
     )
     for case in STRATEGY_CASES
 ]
 
 
+def _takes_residuals(es):
+    return es.capabilities.fitness == "residuals"
+
+
+def _scores(es, fitness):
+    """The scalar each member's told value stands for (float32, as the strategy computes it):
+    the fitness itself, or the misfit ``½ f²`` of the residual ``[f]``."""
+    if not _takes_residuals(es):
+        return fitness
+    return np.float32(0.5) * np.square(fitness.astype(np.float32))
+
+
+def _draw_magnitude(es):
+    """Largest finite value drawn: residual rows stay where EKI's step is well-conditioned."""
+    return 1.0 if _takes_residuals(es) else 2.0**100
+
+
 @functools.cache
 def _compiled_generation(case_id):
     """ask → tell on landscape ``LANDSCAPES[landscape]``, compiled once per strategy."""
-    es = dict((case[0], case[1]) for case in STRATEGY_CASES)[case_id]()
+    es = {case.id: case.factory for case in STRATEGY_CASES}[case_id]()
 
     def generation(key, state, given, landscape):
         population, state = es.ask(key, state)
@@ -147,15 +170,22 @@ def _compiled_generation(case_id):
             + [jnp.ones_like(sphere), sphere],
             1e30 * sphere,
         )
+        if _takes_residuals(es):
+            fitness = fitness[:, None]  # one residual per member: r = [f]
         return es.tell(state, population, fitness)
 
     return es, jax.jit(generation)
 
 
 def _assert_finite_except_best(state, message=""):
-    # best_fitness is +inf until a finite fitness is seen; every other leaf must be finite.
-    finite_part = state.replace(best_fitness=jnp.zeros_like(state.best_fitness))
-    chex.assert_tree_all_finite(finite_part, custom_message=message)
+    # best_fitness is +inf until a finite fitness is seen, and EKI's misfit (the mean over the
+    # last generation's finite members) is +inf after a generation without one: never NaN.
+    # Every other leaf must be finite.
+    unset = {"best_fitness": jnp.zeros_like(state.best_fitness)}
+    if hasattr(state, "misfit"):
+        assert float(state.misfit) == np.inf or np.isfinite(float(state.misfit)), message
+        unset["misfit"] = jnp.zeros_like(state.misfit)
+    chex.assert_tree_all_finite(key_data(state.replace(**unset)), custom_message=message)
 
 
 @pytest.mark.parametrize("case_id", CASES)
@@ -168,10 +198,17 @@ def test_state_stays_finite_after_tell(case_id, data):
     state = es.init(jax.random.key(0), jnp.linspace(-1.0, 1.0, NUM_DIMS))
     seen = np.array([], np.float32)
     for index in range(3):
-        fitness = data.draw(fitness_vectors(es.population_size), label=f"fitness {index}")
+        fitness = data.draw(
+            fitness_vectors(es.population_size, _draw_magnitude(es)), label=f"fitness {index}"
+        )
         state = generation(jax.random.key(index), state, jnp.asarray(fitness), 0)
-        seen = np.concatenate([seen, fitness[np.isfinite(fitness)]])
-        assert float(state.best_fitness) == (seen.min() if seen.size else np.inf)
+        scores = _scores(es, fitness)
+        seen = np.concatenate([seen, scores[np.isfinite(scores)]])
+        expected = seen.min() if seen.size else np.inf
+        if _takes_residuals(es):  # XLA may flush a subnormal ½ f² to zero
+            np.testing.assert_allclose(float(state.best_fitness), expected, rtol=1e-6, atol=1e-37)
+        else:
+            assert float(state.best_fitness) == expected
         _assert_finite_except_best(state)
 
 
@@ -180,6 +217,8 @@ def test_long_degenerate_runs_keep_state_finite(case_id):
     es, generation = _compiled_generation(case_id)
     unused = jnp.zeros(es.population_size)
     for landscape, name in enumerate(LANDSCAPES[1:], start=1):
+        if name == "huge_sphere" and _takes_residuals(es):
+            continue  # the known failure of the module docstring
         state = es.init(jax.random.key(0), jnp.ones(NUM_DIMS))
         for index in range(LONG_RUN):
             state = generation(jax.random.key(index), state, unused, landscape)

@@ -73,21 +73,25 @@ def _sep_update(mean, sigma, variances, path_sigma, path_c, generation, populati
         "variances": new_variances,
         "path_sigma": ps,
         "path_c": pc,
-    }
+    }, h
 
 
-def test_one_update_matches_the_diagonal_equations():
+# h_σ = 0 (a long p_σ stalls the rank-one path) is the only case where the c_1 δ(h_σ) term of
+# eq. 47 is not zero: both branches are exercised.
+@pytest.mark.parametrize("path_scale, h_sigma", [(0.3, 1.0), (6.0, 0.0)])
+def test_one_update_matches_the_diagonal_equations(path_scale, h_sigma):
     rng = np.random.default_rng(3)
     n, lam = 6, 8
     variances = rng.uniform(0.2, 5.0, n)
     mean, path_sigma, path_c = rng.normal(size=(3, n))
-    path_sigma *= 0.3
+    path_sigma *= path_scale
     sigma, generation = 0.4, 5
     population = mean + sigma * np.sqrt(variances) * rng.normal(size=(lam, n))
     fitness = rng.permutation(lam).astype(float)
-    expected = _sep_update(
+    expected, h = _sep_update(
         mean, sigma, variances, path_sigma, path_c, generation, population, fitness
     )
+    assert h == h_sigma
     with jax.enable_x64(True):
         es = esjax.sep_cma_es(population_size=lam, num_dims=n)
         state = es.init(jax.random.key(0), jnp.asarray(mean)).replace(

@@ -23,10 +23,6 @@ from esjax.experiments.setup import build_problem
 KEY = jax.random.key(0)
 
 
-def _factory_of(es):
-    return esjax.STRATEGIES[es.name]
-
-
 def _numeric_fields(params):
     return [
         name
@@ -35,14 +31,25 @@ def _numeric_fields(params):
     ]
 
 
-def _generic_rows(case_id, make):
-    """Checks every strategy must pass, whatever its hyperparameters."""
-    es = make()
-    factory = _factory_of(es)
-    n = es.population_size
+def _takes_residuals(es):
+    return es.capabilities.fitness == "residuals"
 
-    def factory_with(**change):
-        return lambda: factory(**change)
+
+def _told_values(es, dtype=jnp.float32):
+    """Zeros of what ``tell`` consumes: ``(n,)`` fitness, or ``(n, NUM_DIMS)`` residual vectors
+    for a strategy that takes residuals."""
+    n = es.population_size
+    return jnp.zeros((n, NUM_DIMS) if _takes_residuals(es) else (n,), dtype)
+
+
+def _generic_rows(case):
+    """Checks every strategy must pass, whatever its hyperparameters."""
+    es = case.factory()
+    n = es.population_size
+    size = case.size_argument
+
+    def factory_with(population_size=n, **change):
+        return lambda: case.sized(population_size, **change)
 
     def init_with(x0):
         return lambda: es.init(KEY, x0)
@@ -52,21 +59,34 @@ def _generic_rows(case_id, make):
         def thunk():
             state = es.init(KEY, jnp.ones(NUM_DIMS))
             population = jnp.zeros(population_shape)
-            fitness_ = jnp.zeros(n) if fitness is None else fitness
+            fitness_ = _told_values(es) if fitness is None else fitness
             return jax.eval_shape(es.tell, state, population, fitness_)
 
         return thunk
 
-    rows = []
-    if "population_size" in inspect.signature(factory).parameters:
-        rows += [
-            ("population_size=0", factory_with(population_size=0), ValueError),
-            ("population_size=-4", factory_with(population_size=-4), ValueError),
-            ("population_size=8.5", factory_with(population_size=8.5), TypeError),
-            ("population_size='16'", factory_with(population_size="16"), TypeError),
-            ("population_size=True", factory_with(population_size=True), TypeError),
+    rows = [
+        (f"{size}=0", factory_with(0), ValueError),
+        (f"{size}=-4", factory_with(-4), ValueError),
+        (f"{size}=8.5", factory_with(8.5), TypeError),
+        (f"{size}='16'", factory_with("16"), TypeError),
+        (f"{size}=True", factory_with(True), TypeError),
+    ]
+    rows = [(i, t, e, size) for i, t, e in rows]
+    if _takes_residuals(es):
+        # (n, m) residual vectors for any m: wrong member counts and missing axes are refused.
+        told_rows = [
+            ("residuals (n+1, m)", jnp.zeros((n + 1, NUM_DIMS))),
+            ("residuals (n,)", jnp.zeros(n)),
+            ("residuals scalar", jnp.float32(0.0)),
         ]
-        rows = [(i, t, e, "population_size") for i, t, e in rows]
+        told_name = "residuals"
+    else:
+        told_rows = [
+            ("fitness (n+1,)", jnp.zeros(n + 1)),
+            ("fitness (n, 1)", jnp.zeros((n, 1))),
+            ("fitness scalar", jnp.float32(0.0)),
+        ]
+        told_name = "fitness"
     rows += [
         ("x0 NaN", init_with(jnp.array([1.0, jnp.nan, 0.0, 0.0])), ValueError, "x0"),
         ("x0 inf", init_with(jnp.array([1.0, 0.0, -jnp.inf, 0.0])), ValueError, "x0"),
@@ -78,9 +98,7 @@ def _generic_rows(case_id, make):
         ),
         ("x0 empty", init_with(jnp.ones(0)), ValueError, "x0"),
         ("x0 empty pytree", init_with({}), ValueError, "x0"),
-        ("fitness (n+1,)", tell_with(fitness=jnp.zeros(n + 1)), ValueError, "fitness"),
-        ("fitness (n, 1)", tell_with(fitness=jnp.zeros((n, 1))), ValueError, "fitness"),
-        ("fitness scalar", tell_with(fitness=jnp.float32(0.0)), ValueError, "fitness"),
+        *[(i, tell_with(fitness=told), ValueError, told_name) for i, told in told_rows],
         (
             "population rows",
             tell_with(population_shape=(n + 1, NUM_DIMS)),
@@ -94,7 +112,7 @@ def _generic_rows(case_id, make):
             "population",
         ),
     ]
-    signature = inspect.signature(factory).parameters
+    signature = inspect.signature(esjax.STRATEGIES[es.name]).parameters
     for field in _numeric_fields(es.default_params):
         bad = es.default_params.replace(**{field: math.nan})
         rows.append(
@@ -106,26 +124,16 @@ def _generic_rows(case_id, make):
             )
         )
         if field in signature:
-            rows.append(
-                (
-                    f"{field}=nan",
-                    factory_with(population_size=n, **{field: math.nan}),
-                    ValueError,
-                    field,
-                )
-            )
-    return [pytest.param(*row[1:], id=f"{case_id}: {row[0]}") for row in rows]
+            rows.append((f"{field}=nan", factory_with(**{field: math.nan}), ValueError, field))
+    return [pytest.param(*row[1:], id=f"{case.id}: {row[0]}") for row in rows]
 
 
-GENERIC_ROWS = [
-    row for case_id, make, _, _ in STRATEGY_CASES for row in _generic_rows(case_id, make)
-]
+GENERIC_ROWS = [row for case in STRATEGY_CASES for row in _generic_rows(case)]
 
 
 # Complex fitness would silently lose its imaginary part: a dtype error, not a cast.
 COMPLEX_FITNESS_ROWS = [
-    pytest.param(case_id, make, id=f"{case_id}: complex fitness")
-    for case_id, make, _, _ in STRATEGY_CASES
+    pytest.param(case.id, case.factory, id=f"{case.id}: complex fitness") for case in STRATEGY_CASES
 ]
 
 
@@ -413,17 +421,18 @@ def _trace_tell(make, fitness_dtype):
     es = make()
     state = es.init(KEY, jnp.ones(NUM_DIMS))
     population = jnp.zeros((es.population_size, NUM_DIMS))
-    fitness = jnp.zeros(es.population_size, fitness_dtype)
+    fitness = _told_values(es, dtype=fitness_dtype)
     return state, jax.eval_shape(es.tell, state, population, fitness)
 
 
 @pytest.mark.parametrize("case_id, make", COMPLEX_FITNESS_ROWS)
 def test_complex_fitness_is_a_type_error(case_id, make):
-    with pytest.raises(TypeError, match="fitness"):
+    words = "residuals" if _takes_residuals(make()) else "fitness"
+    with pytest.raises(TypeError, match=words):
         _trace_tell(make, jnp.complex64)
 
 
-@pytest.mark.parametrize("case_id, make", [(c[0], c[1]) for c in STRATEGY_CASES])
+@pytest.mark.parametrize("case_id, make", [(c.id, c.factory) for c in STRATEGY_CASES])
 def test_integer_fitness_is_accepted_and_keeps_state_dtypes(case_id, make):
     """Integer fitness (e.g. a count of errors) is a valid objective: cast to the state's float
     dtype, so the state's structure and dtypes do not change (no retrace, no int best_fitness)."""
