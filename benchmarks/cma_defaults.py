@@ -87,7 +87,9 @@ def main() -> None:
             row[label] = np.median(ours).item()
             row[f"{label}_ratio"] = row[label] / row["pycma_default"]
         rows.append(row)
-    print("| problem | pycma default | esjax default (active) | ratio | esjax active=False | ratio |")
+    print(
+        "| problem | pycma default | esjax default (active) | ratio | esjax active=False | ratio |"
+    )
     print("|---|---|---|---|---|---|")
     for row in rows:
         print(

@@ -24,8 +24,8 @@ def latest_results(results: Path) -> dict[str, list[dict]]:
     for path in sorted(results.glob("*.json")):
         result = json.loads(path.read_text())
         benchmark = result.get("benchmark")
-        if benchmark not in BENCHMARKS:
-            continue
+        if benchmark not in BENCHMARKS or result.get("complete") is False:
+            continue  # another benchmark's file, or a run still going (or one that crashed)
         key = (benchmark, result.get("platform", "?"), result.get("device", "?"))
         key += (result.get("grid", ""),)  # e.g. throughput's cpu and cpu-large grids
         stamp = f"{result.get('date', '')} {path.stat().st_mtime:020.6f}"
@@ -42,8 +42,13 @@ def _context(result: dict) -> str:
     parts = [f"Device `{result.get('device')}` ({result.get('platform')})"]
     if result.get("host_cpu_cores"):
         parts.append(f"{result['host_cpu_cores']} host CPU cores")
+    load_range = result.get("host_load_range")
     load = result.get("host_load_average_at_start", result.get("host_load_average_at_end"))
-    if load is not None:
+    if load is None and result.get("host_load_at_start"):
+        load = result["host_load_at_start"][0]
+    if load_range:
+        parts.append(f"host load average {load_range[0]:.1f}–{load_range[1]:.1f} during the run")
+    elif load is not None:
         parts.append(f"host load average {load:.1f}")
     parts += [f"{name} {versions[name]}" for name in ("jax", "evosax") if name in versions]
     parts.append(f"{result.get('date')}, `benchmarks/results/{result['file']}`")
@@ -70,11 +75,171 @@ def _number(value, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
+def _with_range(value, bounds, digits: int = 2, suffix: str = "") -> str:
+    """``value`` and its ``[low, high]`` range: ``2.65 (2.51–2.80)``."""
+    if value is None:
+        return "–"
+    text = f"{_number(value, digits)}{suffix}"
+    if bounds and None not in bounds:
+        low, high = bounds
+        text += f" ({_number(low, digits)}–{_number(high, digits)})"
+    return text
+
+
+def _footnote(notes: list[str], note: str) -> int:
+    """The footnote number of ``note``, adding it if new (rows sharing a note share a number)."""
+    if note not in notes:
+        notes.append(note)
+    return notes.index(note) + 1
+
+
+def loaded_host(result: dict) -> str | None:
+    """A sentence saying the host was loaded, if its load average exceeded its cores."""
+    cores = result.get("host_cpu_cores")
+    low, high = result.get("host_load_range") or [result.get("host_load_average_at_start")] * 2
+    if not cores or high is None or high <= cores:
+        return None
+    return (
+        f"**Measured on a loaded host**: the 1-minute load average was {low:.1f}–{high:.1f} on "
+        f"{cores} cores (other jobs were running), so the wall-clock times are inflated several "
+        "times over and spread widely. Each ratio is per round, from both libraries' runs back "
+        "to back; the CPU-time ratio (CPU seconds of the process, all its threads: the work "
+        "done) is disturbed far less by other processes and is the steadier comparison here. "
+        "Rerun on an idle host for absolute times."
+    )
+
+
 def throughput_section(result: dict) -> list[str]:
+    if result.get("timing") != "steady_state":
+        return _throughput_best_of_section(result)
+    lengths = result.get("lengths")
+    if lengths == "calibrated":
+        how = (
+            "lengths calibrated per loop: the generations between the two runs take about "
+            f"{result.get('target_seconds', 1.0):g} s, at least 20, for lazy CMA-ES a multiple "
+            "of its decomposition interval; JSON: `short_generations`, `long_generations`"
+        )
+    else:
+        how = (
+            f"{lengths[0]} and {lengths[1]} generations; for lazy CMA-ES the longer one moved up "
+            "to a multiple of its decomposition interval"
+        )
+    lines = _table_head(
+        f"**Throughput** (`benchmarks/throughput.py`, grid `{result.get('grid')}`): "
+        "**steady-state** milliseconds per generation of ask → sphere → tell, "
+        "`(T_long − T_short) / (long − short)` from two runs of the same compiled loop "
+        f"({how}), so `init` and the first evaluation are excluded; median and range over "
+        f"{result.get('repeats')} interleaved rounds, both libraries in the same process"
+        + (
+            ", OpenBLAS (the LAPACK of CPU `eigh`) on " + _threads(result["openblas_num_threads"])
+            if result.get("openblas_num_threads")
+            else ""
+        )
+        + ". Ratios are per round, evosax / esjax (above 1: esjax faster). ",
+        result,
+        [
+            "strategy",
+            "population",
+            "dimensions",
+            "esjax ms",
+            "evosax ms",
+            "evosax / esjax",
+            "CPU time evosax / esjax",
+            "memory esjax / evosax",
+        ],
+        text_columns=1,
+    )
+    notes: list[str] = []
+    skipped = []
+    for row in result["rows"]:
+        if "skipped" in row:
+            skipped.append(f"{row['strategy']} ({row['skipped']})")
+            continue
+        ours, theirs = row.get("esjax") or {}, row.get("evosax") or {}
+        name = row["strategy"]
+        if "note" in row:
+            name += f" [{_footnote(notes, row['note'])}]"
+        memory = row.get("memory_ratio")
+        lines.append(
+            f"| {name} | {row['population_size']:,} | {row['num_dims']:,} | "
+            f"{_with_range(ours.get('ms_per_generation'), ours.get('ms_per_generation_range'))} | "
+            f"{_with_range(theirs.get('ms_per_generation'), theirs.get('ms_per_generation_range'))}"
+            f" | {_with_range(row.get('speedup'), row.get('speedup_range'), suffix='×')} | "
+            f"{_with_range(row.get('cpu_speedup'), row.get('cpu_speedup_range'), suffix='×')} | "
+            f"{'–' if memory is None else f'{memory:.2f}'} |"
+        )
+    lines.append("")
+    memory_note = (
+        "Memory: the working set XLA assigns to each compiled loop (strategy state and a "
+        "generation's temporaries, `memory_analysis().temp_size_in_bytes`); below 1, esjax needs "
+        "less."
+    )
+    if any(row.get("generator") == "jax.random" for row in result["rows"]):
+        memory_note += (
+            " A row named `…, jax.random noise` is the row above it with esjax's sampling "
+            "swapped for `jax.random` in the benchmark script."
+        )
+    lines.append(memory_note)
+    warning = loaded_host(result)
+    if warning:
+        lines += ["", warning]
+    if skipped:
+        lines += ["", "Not measured (esjax strategy not importable then): " + "; ".join(skipped)]
+    evaluations = result.get("cma_evaluations_to_target")
+    if evaluations:
+        lines += ["", *_evaluations_table(evaluations)]
+    if notes:
+        lines += ["", *(f"[{i}] {note}" for i, note in enumerate(notes, 1))]
+    return lines
+
+
+def _threads(count: str) -> str:
+    return "one thread" if str(count) == "1" else f"{count} threads"
+
+
+def _power(value: float) -> str:
+    """``1e-8`` rather than ``1e-08``."""
+    mantissa, exponent = f"{value:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _evaluations_table(evaluations: dict) -> list[str]:
+    variants = list(dict.fromkeys(row["variant"] for row in evaluations["rows"]))
+    every = evaluations.get("default_eigen_every_generations")
+    heading = {
+        name: (f"{name}, every {every}" if name.startswith("default") and every else name)
+        for name in variants
+    }
+    lines = [
+        f"**CMA-ES evaluations to f < {_power(evaluations['target'])}** (same file; d = "
+        f"{evaluations['num_dims']:,}, x0 = {evaluations['x0']:g}, σ0 = "
+        f"{evaluations['sigma0']:g}, median and range over {evaluations['seeds']} seeds; "
+        "– : not reached): the lazy decomposition against one every generation.",
+        "",
+        "| problem | " + " | ".join(heading[v] for v in variants) + " |",
+        "|---|" + "---:|" * len(variants),
+    ]
+    by_problem: dict[str, dict[str, dict]] = {}
+    for row in evaluations["rows"]:
+        by_problem.setdefault(row["problem"], {})[row["variant"]] = row
+    for problem, rows in by_problem.items():
+        cells = [
+            _with_range(rows[v]["median_evaluations"], rows[v]["evaluations_range"])
+            if v in rows
+            else "–"
+            for v in variants
+        ]
+        lines.append(f"| {problem} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _throughput_best_of_section(result: dict) -> list[str]:
+    """The table of a results file written before steady-state timing (best of n runs)."""
     lines = _table_head(
         f"**Throughput** (`benchmarks/throughput.py`, grid `{result.get('grid')}`): "
         "milliseconds per generation of "
-        f"ask → sphere → tell in a jitted `lax.scan`, {result.get('generations')} generations, "
+        f"ask → sphere → tell in a jitted `lax.scan`, {result.get('generations')} generations "
+        "including `init` and the first evaluation (not steady state), "
         f"best of {result.get('repeats')}; both libraries in the same process. ",
         result,
         [
@@ -88,15 +253,14 @@ def throughput_section(result: dict) -> list[str]:
         ],
         text_columns=1,
     )
-    notes = []
+    notes: list[str] = []
     for row in result["rows"]:
         esjax_ms = (row.get("esjax") or {}).get("ms_per_generation")
         evosax_ms = (row.get("evosax") or {}).get("ms_per_generation")
         speedup = row.get("speedup")
         name = row["strategy"]
         if "note" in row:
-            notes.append(row["note"])
-            name += f" [{len(notes)}]"
+            name += f" [{_footnote(notes, row['note'])}]"
         memory = row.get("memory_ratio")
         lines.append(
             f"| {name} | {row['population_size']:,} | {row['num_dims']:,} | "
@@ -104,12 +268,6 @@ def throughput_section(result: dict) -> list[str]:
             f"{'–' if speedup is None else f'{speedup:.2f}×'} | "
             f"{'–' if memory is None else f'{memory:.2f}'} |"
         )
-    lines.append("")
-    lines.append(
-        "Memory: the working set XLA assigns to each compiled loop (strategy state and a "
-        "generation's temporaries, `memory_analysis().temp_size_in_bytes`); below 1, esjax needs "
-        "less."
-    )
     if notes:
         lines += ["", *(f"[{i}] {note}" for i, note in enumerate(notes, 1))]
     return lines
