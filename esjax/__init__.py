@@ -4,7 +4,18 @@ as pure functions, jitted and vmapped over whole populations, on test functions 
 Every strategy minimises. See the README for the ask/tell loop and ``esjax.run``.
 """
 
-from esjax import baselines, checkpoint, distributed, nn, problems, restarts, shaping, tasks
+from esjax import (
+    baselines,
+    checkpoint,
+    distributed,
+    lowrank,
+    nn,
+    prng,
+    problems,
+    restarts,
+    shaping,
+    tasks,
+)
 from esjax.base import Capabilities, Decomposition, Strategy, StrategyState, make_strategy
 from esjax.driver import evolve, run, step
 from esjax.estimators import es_gradient
@@ -20,6 +31,7 @@ from esjax.strategies import (
     get_strategy,
     hill_climbing,
     lm_ma_es,
+    low_rank_es,
     nelder_mead,
     openai_es,
     pgpe,
@@ -57,13 +69,16 @@ __all__ = [
     "hill_climbing",
     "ipop",
     "lm_ma_es",
+    "low_rank_es",
+    "lowrank",
     "make_strategy",
     "minimize",
     "nelder_mead",
     "nn",
     "openai_es",
-    "problems",
     "pgpe",
+    "problems",
+    "prng",
     "pso",
     "random_search",
     "restarts",

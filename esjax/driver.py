@@ -20,10 +20,14 @@ Generation ``g`` uses ``fold_in(key, g)``, so a run resumed from a checkpoint at
 continues exactly as the uninterrupted run would have, whatever the chunking.
 
 Each takes ``mesh=`` (a 1-D mesh from :func:`esjax.distributed.make_mesh`) to shard the
-population over its devices: one door for sharding. A strategy that declares its termination
-signal (CMA-ES, sep-CMA-ES) is frozen from the generation after the signal: later generations
-leave the state unchanged and are flagged ``terminated`` in the metrics; :func:`run` also stops
-at the end of that chunk.
+population over its devices: one door for sharding. Low-rank ES
+(:func:`esjax.low_rank_es`) on an :func:`esjax.nn.dataset_fitness` is evaluated by the fused
+population forward of :mod:`esjax.lowrank` (shared ``x W`` plus per-member low-rank terms; no
+member weights), on one device or a mesh; ``batch_size`` is then members per fused chunk.
+
+A strategy that declares its termination signal (CMA-ES, sep-CMA-ES) is frozen from the
+generation after the signal: later generations leave the state unchanged and are flagged
+``terminated`` in the metrics; :func:`run` also stops at the end of that chunk.
 """
 
 from __future__ import annotations
@@ -36,9 +40,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from esjax import distributed
+from esjax import distributed, lowrank
 from esjax.base import Strategy, StrategyState, check_int, check_key
-from esjax.loop import FitnessFn, Generation, make_generation, scan_generations
+from esjax.loop import FitnessFn, Generation, scan_generations
 
 
 def generation_for(
@@ -54,12 +58,10 @@ def generation_for(
         raise TypeError(f"es must be an esjax Strategy (e.g. esjax.openai_es(...)), got {es!r}")
     if not callable(fitness_fn):
         raise TypeError(f"fitness_fn must be callable, got {type(fitness_fn).__name__}")
-    if mesh is not None:
-        return distributed.make_sharded_generation(
-            es, fitness_fn, mesh, batch_size=batch_size, fitness_takes_key=fitness_takes_key
-        )
-    return make_generation(
-        es, fitness_fn, batch_size=batch_size, fitness_takes_key=fitness_takes_key
+    # The loop's generation, sharded with a mesh; for low-rank ES on a dataset fitness, the
+    # fused population forward (no member weights).
+    return lowrank.make_generation(
+        es, fitness_fn, batch_size=batch_size, fitness_takes_key=fitness_takes_key, mesh=mesh
     )
 
 

@@ -14,6 +14,12 @@ batched ``apply``: for a dense layer, ``x @ W_i`` for all members ``i`` is a sin
 with no Python loop. ``batch_size`` there evaluates the population in chunks to cap activation
 memory (``population × examples × width`` floats per layer).
 
+:func:`dataset_fitness` returns a :class:`DatasetFitness`: such a function, which also keeps its
+model, loss and data. That is what selects the fused population forward of low-rank ES
+(:mod:`esjax.lowrank`: shared ``x W`` plus per-member low-rank terms, no member weights) when
+the generation is built by :func:`esjax.lowrank.make_generation`; a plain black-box fitness
+function, or any other strategy, is evaluated member by member as above.
+
 Losses (all minimised, all means over examples):
 
 - ``cross_entropy``: softmax cross-entropy of logits against integer labels;
@@ -296,33 +302,65 @@ def minibatch_indices(key: jax.Array, num_examples: int, batch_size: int) -> jax
     return jax.random.randint(key, (batch_size,), 0, num_examples)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class DatasetFitness:
+    """The loss of a :class:`FlaxModel` on a data set, as a fitness function that also says
+    what it computes (made by :func:`dataset_fitness`).
+
+    Called as ``fitness(params, key=None)`` it scores one member, like any fitness function.
+    Because it keeps the model, loss and data, a driver can also evaluate a whole population
+    another way: :func:`esjax.lowrank.make_generation` runs low-rank ES on it with the fused
+    population forward (shared ``x W`` plus per-member low-rank terms, no member weights);
+    every other strategy, and low-rank ES through ``ask``/``tell``, calls it member by member.
+
+    Attributes:
+      model: the :class:`FlaxModel`.
+      loss_fn: ``(outputs, targets) -> loss`` (from :func:`get_loss`).
+      inputs, targets: the data set.
+      batch_size: examples per minibatch, or None for the whole set.
+    """
+
+    model: FlaxModel
+    loss_fn: Callable[[jax.Array, jax.Array], jax.Array]
+    inputs: jax.Array
+    targets: jax.Array
+    batch_size: int | None = None
+
+    def batch(self, key: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+        """``(inputs, targets)`` of the minibatch ``key`` draws (all of the data for None)."""
+        if key is None or self.batch_size is None:
+            return self.inputs, self.targets
+        index = minibatch_indices(key, self.inputs.shape[0], self.batch_size)
+        return self.inputs[index], self.targets[index]
+
+    def __call__(self, params: PyTree, key: jax.Array | None = None) -> jax.Array:
+        inputs, targets = self.batch(key)
+        return self.loss_fn(self.model.apply(params, inputs), targets)
+
+
 def dataset_fitness(
     model: FlaxModel,
     loss: str | Callable,
     inputs: jax.Array,
     targets: jax.Array,
     batch_size: int | None = None,
-) -> Callable[..., jax.Array]:
+) -> DatasetFitness:
     """``fitness(params, key=None) -> scalar`` loss of one member, minimised.
 
     With a ``key`` and ``batch_size``, the loss is on the minibatch :func:`minibatch_indices`
     draws from that key; run it with ``fitness_takes_key=True`` so all members of a generation
     share the key, hence the minibatch. Without a key it is the loss on all of ``inputs``.
     With a loss from :data:`RESIDUAL_LOSSES` it returns that residual vector instead (for EKI).
+
+    The result is a :class:`DatasetFitness`: a plain fitness function for every strategy, and
+    the description :func:`esjax.lowrank.make_generation` needs to evaluate low-rank ES's
+    population without materialising member weights.
     """
     loss_fn = get_loss(loss)
     inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
-    num_examples = inputs.shape[0]
     if batch_size is not None:
         batch_size = check_int("batch_size", batch_size, 1)
-
-    def fitness(params: PyTree, key: jax.Array | None = None) -> jax.Array:
-        if key is None or batch_size is None:
-            return loss_fn(model.apply(params, inputs), targets)
-        index = minibatch_indices(key, num_examples, batch_size)
-        return loss_fn(model.apply(params, inputs[index]), targets[index])
-
-    return fitness
+    return DatasetFitness(model, loss_fn, inputs, targets, batch_size)
 
 
 def population_fitness(
@@ -419,6 +457,7 @@ def population_apply(
 __all__ = [
     "ACTIVATIONS",
     "LOSSES",
+    "DatasetFitness",
     "MLP",
     "RESIDUAL_LOSSES",
     "FlaxModel",

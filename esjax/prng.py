@@ -13,6 +13,15 @@ consumers that need two numbers per element (PSO's per-dimension coefficients). 
 sep-CMA-ES, simulated annealing and PSO sample through this module; the known-answer vectors of
 the reference (Salmon, Moraes, Dror & Shaw, "Parallel random numbers: as easy as 1, 2, 3",
 SC 2011) are in ``tests/test_prng.py``.
+
+**A shared noise table** (:class:`NoiseTable`) is the other generator :func:`member_normals`
+offers: Salimans, Ho, Chen, Sidor & Sutskever ("Evolution Strategies as a Scalable Alternative to
+Reinforcement Learning", 2017, arXiv:1703.03864, section 2.1) draw one large block of Gaussian
+numbers once and give each member a slice ``table[o_i : o_i + d]`` at a random offset, so a
+generation reads noise from memory instead of computing it. Here ``o_i`` is a function of
+``(key, i)`` (a Threefry word of :func:`member_bits` reduced to a valid offset), so a sharded
+run still reproduces a single-device run, and the table itself is a function of its seed alone:
+it is rebuilt from ``(size, seed)``, never stored in a strategy state or a checkpoint.
 """
 
 from __future__ import annotations
@@ -198,10 +207,135 @@ def member_bits(key: jax.Array, indices: jax.Array, width: int, dtype=jnp.float3
     return random_bits(key, (indices.shape[0], width), uint, rows=indices)
 
 
+class NoiseTable:
+    """A shared table of ``size`` standard normals; member ``i`` reads a slice at an offset
+    drawn from ``(key, i)`` (Salimans et al. 2017's noise table).
+
+    The table is ``standard_normal(jax.random.key(seed), (size,), float32)``: a function of
+    ``(size, seed)`` alone, built on first use and cached in this Python object (not in any
+    strategy state, so checkpoints never carry it and a restored run rebuilds the same table).
+    The object is hashable by ``(size, seed)``; strategies close over it.
+
+    Offsets. Member ``i`` of a draw of width ``d`` reads ``table[o_i : o_i + d]`` with
+    ``o_i = w_i mod (size - d + 1)``, ``w_i`` the first :func:`member_bits` word of
+    ``(key, i)``; the modulo bias is below ``size / 2³²`` (< 1% for ``size <= 2²⁵``).
+
+    Overlap. Two slices share entries when their offsets differ by less than ``d``; the
+    shared entries sit at *different* coordinates of the two members (member ``j``'s entry
+    ``t`` is member ``i``'s entry ``t + o_j - o_i``), so the two noise vectors are uncorrelated
+    unless the offsets coincide exactly (probability ``1 / (size - d + 1)`` per pair).
+    :meth:`overlap` gives the expected fraction of one member's entries that another member
+    of the generation also reads: ``1 - (1 - d / (size - d + 1))^(k - 1)`` for ``k`` slices,
+    about 14% for 512 slices of 10,000 in a 2²⁵ table.
+
+    Memory and compilation. The table occupies ``4 · size`` bytes (128 MiB for the default
+    2²⁵) on the default device. A jitted program closes over it as a constant, so each
+    compiled program embeds its own copy: compiling takes longer (about 4 s more for 2²⁵ on 2
+    CPU cores) and each compiled program holds the 128 MiB. Use a smaller table where many
+    programs are compiled (tests use 2¹⁶ to 2²⁰).
+
+    Precision. The values are float32 normals, cast to the requested dtype (a float64 search
+    reads float32-precision noise from the table).
+
+    Args:
+      size: number of floats in the table (>= 2; default 2²⁵).
+      seed: integer seed of the table (any int that ``jax.random.key`` takes).
+
+    Example:
+      >>> table = NoiseTable(2**20, seed=0)
+      >>> noise = member_normals(jax.random.key(1), jnp.arange(8), 100, table=table)
+      >>> noise.shape
+      (8, 100)
+    """
+
+    __slots__ = ("size", "seed", "_values")
+
+    def __init__(self, size: int = 2**25, seed: int = 0):
+        if isinstance(size, bool) or not isinstance(size, int | jnp.integer) or size < 2:
+            raise ValueError(f"size must be an integer >= 2, got {size!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int | jnp.integer):
+            raise TypeError(f"seed must be an integer, got {type(seed).__name__} {seed!r}")
+        self.size = int(size)
+        self.seed = int(seed)
+        self._values = None
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the table in bytes (float32)."""
+        return 4 * self.size
+
+    @property
+    def values(self) -> jax.Array:
+        """The ``(size,)`` float32 table (built from the seed on first use, then cached)."""
+        if self._values is None:
+            # Built eagerly, outside any trace, so a jit that closes over it sees a concrete
+            # array (a tracer cached here would leak out of the trace that made it).
+            with jax.ensure_compile_time_eval():
+                self._values = jax.jit(standard_normal, static_argnums=(1, 2))(
+                    jax.random.key(self.seed), (self.size,), jnp.float32
+                )
+        return self._values
+
+    def offsets(self, key: jax.Array, indices: jax.Array, width: int) -> jax.Array:
+        """``(k,)`` int32 start offsets of the members ``indices`` for slices of ``width``."""
+        width = int(width)
+        if not 1 <= width <= self.size:
+            raise ValueError(
+                f"a noise-table slice of num_dims={width} needs a table of at least that many "
+                f"floats; this NoiseTable has size={self.size}"
+            )
+        words = member_bits(key, indices, 1, jnp.float32)[:, 0]
+        return (words % jnp.uint32(self.size - width + 1)).astype(jnp.int32)
+
+    def slices(
+        self, key: jax.Array, indices: jax.Array, width: int, dtype=jnp.float32
+    ) -> jax.Array:
+        """``(k, width)`` slices ``table[o_i : o_i + width]`` for the members ``indices``."""
+        starts = self.offsets(key, indices, width)
+        table = self.values
+
+        def one(start):
+            return jax.lax.dynamic_slice_in_dim(table, start, width)
+
+        return jax.vmap(one)(starts).astype(dtype)
+
+    def overlap(self, num_slices: int, width: int) -> float:
+        """Expected fraction of one slice's entries that some other of ``num_slices`` slices
+        of ``width`` also reads (offsets uniform; see the class docstring)."""
+        positions = self.size - width + 1
+        if positions < 1:
+            raise ValueError(f"width must be at most size={self.size}, got {width}")
+        return 1.0 - (1.0 - min(width / positions, 1.0)) ** (num_slices - 1)
+
+    def __hash__(self) -> int:
+        return hash((NoiseTable, self.size, self.seed))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NoiseTable) and (self.size, self.seed) == (other.size, other.seed)
+
+    def __repr__(self) -> str:
+        return f"NoiseTable(size={self.size}, seed={self.seed})"
+
+
 def member_normals(
-    key: jax.Array, indices: jax.Array, num_dims: int, dtype=jnp.float32
+    key: jax.Array,
+    indices: jax.Array,
+    num_dims: int,
+    dtype=jnp.float32,
+    table: NoiseTable | None = None,
 ) -> jax.Array:
-    """``(k, num_dims)`` standard normals for the members ``indices`` (see :func:`member_bits`)."""
+    """``(k, num_dims)`` standard normals for the members ``indices``.
+
+    Row ``j`` is a function of ``(key, indices[j], num_dims)`` alone, from one of two
+    generators: Threefry bits turned into normals (:func:`member_bits`, the default), or,
+    with ``table``, a slice of that shared :class:`NoiseTable` at an offset drawn from
+    ``(key, indices[j])`` (read from memory instead of computed; see the class for its size,
+    seed and overlap).
+    """
+    if table is not None:
+        if not isinstance(table, NoiseTable):
+            raise TypeError(f"table must be an esjax.prng.NoiseTable, got {type(table).__name__}")
+        return table.slices(key, indices, num_dims, dtype)
     return normal_from_bits(member_bits(key, indices, num_dims, dtype), dtype)
 
 
@@ -213,6 +347,7 @@ def member_uniforms(
 
 
 __all__ = [
+    "NoiseTable",
     "float_bits_type",
     "member_bits",
     "member_normals",

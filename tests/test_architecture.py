@@ -47,6 +47,7 @@ FORBIDDEN = [
     ),
     ("esjax.loop", ["esjax.distributed", "esjax.driver", "esjax.experiments", "esjax.strategies"]),
     ("esjax.distributed", ["esjax.driver", "esjax.experiments", "esjax.strategies"]),
+    ("esjax.lowrank", ["esjax.driver", "esjax.experiments"]),
     ("esjax.checkpoint", ["esjax.loop", "esjax.driver", "esjax.distributed", "esjax.experiments"]),
 ]
 

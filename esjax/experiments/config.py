@@ -34,6 +34,7 @@ from esjax import nn
 from esjax.base import Strategy, check_int
 from esjax.experiments.outputs import check_run_name, read_yaml
 from esjax.experiments.resolve import is_reference, resolve_callable
+from esjax.prng import NoiseTable
 from esjax.strategies import get_strategy
 
 # Seeds go to jax.random.key, which takes a 64-bit integer.
@@ -252,6 +253,33 @@ def validate_strategy_section(
         check_value_type(f"{where}.{key}", value, parameters[key].annotation)
     if isinstance(kwargs.get("optimizer"), dict):
         _check_optimizer_values(kwargs["optimizer"], f"{where}.optimizer")
+    if "noise" in kwargs:
+        build_noise_table(kwargs["noise"], f"{where}.noise")
+
+
+NOISE_KEYS = ("size", "seed")
+
+
+def build_noise_table(spec: Any, where: str = "strategy.noise") -> NoiseTable | None:
+    """``noise: {size: 16777216, seed: 0}`` → an :class:`esjax.prng.NoiseTable` (null: none).
+
+    Every key is optional (``size`` defaults to 2²⁵ floats, ``seed`` to 0); errors name the key
+    path and the allowed range.
+    """
+    if spec is None or isinstance(spec, NoiseTable):
+        return spec
+    if not isinstance(spec, dict):
+        raise TypeError(
+            f"{where} must be a mapping such as {{size: 16777216, seed: 0}} or null, "
+            f"got {type(spec).__name__} {spec!r}"
+        )
+    _check_keys(where, spec, NOISE_KEYS)
+    size, seed = spec.get("size", 2**25), spec.get("seed", 0)
+    if isinstance(size, bool) or not isinstance(size, int) or not 2 <= size <= 2**31 - 1:
+        raise ValueError(f"{where}.size must be an integer in [2, 2**31 - 1], got {size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"{where}.seed must be an integer in [0, 2**32), got {seed!r}")
+    return NoiseTable(size, seed)
 
 
 def _check_optimizer_values(spec: dict, where: str) -> None:
@@ -275,6 +303,8 @@ def build_strategy(section: dict, config_dir: str | Path | None = None) -> Strat
     kwargs = {k: v for k, v in section.items() if k != "name"}
     if "optimizer" in kwargs and kwargs["optimizer"] is not None:
         kwargs["optimizer"] = build_optimizer(kwargs["optimizer"])
+    if "noise" in kwargs:
+        kwargs["noise"] = build_noise_table(kwargs["noise"], "strategy.noise")
     return strategy_factory(section["name"], "strategy.name", config_dir)(**kwargs)
 
 
@@ -285,9 +315,11 @@ def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
 
 
 __all__ = [
+    "NOISE_KEYS",
     "ExperimentConfig",
     "RESIDUAL_STRATEGIES",
     "SEED_RANGE",
+    "build_noise_table",
     "check_value_type",
     "build_optimizer",
     "build_schedule",

@@ -8,6 +8,7 @@ from esjax.strategies.differential_evolution import differential_evolution
 from esjax.strategies.eki import eki
 from esjax.strategies.hill_climbing import hill_climbing
 from esjax.strategies.lm_ma_es import lm_ma_es
+from esjax.strategies.low_rank_es import low_rank_es
 from esjax.strategies.nelder_mead import nelder_mead
 from esjax.strategies.openai_es import openai_es
 from esjax.strategies.pgpe import pgpe
@@ -35,6 +36,7 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "pgpe": pgpe,
     "snes": snes,
     "xnes": xnes,
+    "low_rank_es": low_rank_es,
 }
 
 
@@ -53,6 +55,7 @@ __all__ = [
     "get_strategy",
     "hill_climbing",
     "lm_ma_es",
+    "low_rank_es",
     "nelder_mead",
     "openai_es",
     "pgpe",

