@@ -41,6 +41,7 @@ def _run(args: argparse.Namespace) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         mesh=mesh,
+        stop=not args.no_stop,
     )
     if not summary["writer"]:
         return 0  # another process of a multi-process run writes and reports
@@ -116,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="replace an earlier run's outputs in the run folder (refused otherwise)",
+    )
+    run_parser.add_argument(
+        "--no-stop",
+        action="store_true",
+        help="run every generation: ignore the strategy's termination signal and the "
+        "no-finite-fitness stop (max_nonfinite_generations)",
     )
     run_parser.add_argument(
         "--shard",

@@ -25,9 +25,11 @@ population over its devices: one door for sharding. Low-rank ES
 population forward of :mod:`esjax.lowrank` (shared ``x W`` plus per-member low-rank terms; no
 member weights), on one device or a mesh; ``batch_size`` is then members per fused chunk.
 
-A strategy that declares its termination signal (CMA-ES, sep-CMA-ES) is frozen from the
-generation after the signal: later generations leave the state unchanged and are flagged
-``terminated`` in the metrics; :func:`run` also stops at the end of that chunk.
+A strategy that declares its termination signal (CMA-ES, sep-CMA-ES, Nelder-Mead, ...) is
+frozen from the generation after the signal: in :func:`evolve` later generations leave the
+state unchanged and are flagged ``terminated`` in the metrics; :func:`run` ends at the
+generation the signal came on, whatever ``log_every`` is (``stop_on_termination=False`` runs
+on).
 """
 
 from __future__ import annotations
@@ -171,6 +173,7 @@ def run(
     callback: Callable[[StrategyState, dict], Any] | None = None,
     mesh: jax.sharding.Mesh | None = None,
     generation_fn: Generation | None = None,
+    stop_on_termination: bool = True,
 ) -> tuple[StrategyState, dict[str, np.ndarray]]:
     """Run up to ``num_generations`` generations in jitted ``lax.scan`` chunks (Python driver).
 
@@ -189,23 +192,38 @@ def run(
       log_every: generations per scanned chunk (default: ~20 chunks in total).
       progress: show a tqdm bar (terminal or notebook); ``False`` for silence.
       description: the bar's label (default: the strategy's name).
-      callback: ``callback(state, chunk_metrics)`` after each chunk; return ``True`` to stop early
-        (e.g. a restart criterion) — useful for checkpointing too.
+      callback: ``callback(state, chunk_metrics)`` after each chunk; return ``True`` to stop
+        there (e.g. a restart criterion) — useful for checkpointing too — or an int ``g``
+        within the chunk to end the run at generation ``g`` exactly: the chunk is rerun from
+        its start to ``g`` (the same generations, since generation ``g`` uses
+        ``fold_in(key, g)``) and the callback is called once more with that shorter chunk,
+        whose return value is then ignored.
       mesh: a 1-D ``jax.sharding.Mesh`` (``esjax.distributed.make_mesh()``) to shard the
         population over its devices (and processes); ``state`` is replicated on it.
       generation_fn: deprecated (goes in 0.3): a prebuilt generation to run instead of the one
         built from ``es`` and ``fitness_fn``; pass ``mesh=`` for sharded runs.
+      stop_on_termination: end the run at the generation the strategy's termination signal
+        comes on (default). ``False`` ignores the signal: every generation updates the state.
 
     Returns:
       ``(state, metrics)`` where ``metrics`` maps names to NumPy arrays of length
-      generations-run (scalars per generation). The run ends early after a chunk in which the
-      strategy's termination signal came on, or when ``callback`` returns True.
+      generations-run (scalars per generation: ``generation``, ``best_fitness``,
+      ``fitness_mean``/``fitness_min``/``fitness_max`` for scalar fitness, ``num_nonfinite``,
+      ``terminated`` for a strategy that declares termination, and the strategy's ``info``).
+      When the strategy's termination signal comes on, the run ends at that generation whatever
+      ``log_every`` is: the returned state and metrics are those of a run of exactly that many
+      generations (the chunk's frozen generations after the signal are dropped). It also ends
+      when ``callback`` returns True or a generation.
     """
     num_generations = check_int("num_generations", num_generations, 0)
     key = check_key(key)
     if log_every is None:
         log_every = max(1, -(-num_generations // 20))
     log_every = check_int("log_every", log_every, 1)
+    if not isinstance(stop_on_termination, bool):
+        raise TypeError(f"stop_on_termination must be True or False, got {stop_on_termination!r}")
+    if not stop_on_termination:
+        es = ignoring_termination(es)
     if generation_fn is None:
         generation = generation_for(
             es, fitness_fn, batch_size=batch_size, fitness_takes_key=fitness_takes_key, mesh=mesh
@@ -223,20 +241,40 @@ def run(
     compiled: dict[int, Callable] = {}
     history: list[dict] = []
     bar = _progress_bar(num_generations, progress, description or es.name)
+
+    def advance(state, length):
+        if length not in compiled:
+            compiled[length] = jax.jit(scan_generations(generation, key, length))
+        state, chunk = compiled[length](state)
+        return state, jax.device_get(chunk)
+
     done = 0
     try:
         while done < num_generations:
-            length = min(log_every, num_generations - done)
-            if length not in compiled:
-                compiled[length] = jax.jit(scan_generations(generation, key, length))
-            state, chunk = compiled[length](state)
-            chunk = jax.device_get(chunk)
+            start, first = state, int(state.generation)
+            state, chunk = advance(state, min(log_every, num_generations - done))
+            stopped = _signal_row(chunk)
+            if stopped is not None:
+                # Rows from `stopped` on ran with the signal on: the state is frozen there.
+                chunk = {name: values[:stopped] for name, values in chunk.items()}
+            length = int(state.generation) - first
+            wanted = None if callback is None else callback(state, chunk)
+            if _is_generation(wanted):
+                if not first <= int(wanted) <= first + length:
+                    raise ValueError(
+                        f"callback returned generation {int(wanted)}, outside the chunk it was "
+                        f"given (generations {first} to {first + length})"
+                    )
+                if int(wanted) < first + length:
+                    length = int(wanted) - first
+                    state, chunk = advance(start, length)
+                    callback(state, chunk)
             history.append(chunk)
             done += length
             if bar is not None:
                 bar.update(length)
                 bar.set_postfix(best=f"{float(state.best_fitness):.4g}")
-            if callback is not None and callback(state, chunk):
+            if stopped is not None or _is_generation(wanted) or bool(wanted):
                 break
             if bool(es.terminated(state)):
                 break
@@ -249,4 +287,22 @@ def run(
     return state, metrics
 
 
-__all__ = ["evolve", "generation_for", "run", "step"]
+def ignoring_termination(es: Strategy) -> Strategy:
+    """``es`` with its termination signal removed: drivers then never stop or freeze it."""
+    return es._replace(capabilities=es.capabilities._replace(termination=None))
+
+
+def _signal_row(chunk: dict) -> int | None:
+    """The first row of a chunk that ran with the termination signal on (None if none)."""
+    flags = chunk.get("terminated")
+    if flags is None:
+        return None
+    on = np.flatnonzero(np.asarray(flags))
+    return int(on[0]) if on.size else None
+
+
+def _is_generation(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+__all__ = ["evolve", "generation_for", "ignoring_termination", "run", "step"]

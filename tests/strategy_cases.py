@@ -130,11 +130,57 @@ STRATEGY_CASES = [
         options=EKI_OPTIONS,
         # Sharded runs compile ask/tell into another program, so ulp differences appear (the
         # padded population of 10); EKI magnifies them: its ensemble collapses to ~1e-3 of
-        # |u|, so an ulp of u is ~1e-4 of an anomaly, and the long step amplifies rounding
-        # (tests/test_eki.py::test_kalman_step_stays_bounded_for_large_residuals). Measured
-        # after 20 generations: 3.3e-5 on the members (|u| ~ 1), 1.8e-6 on a spread of 4e-3,
-        # 2e-8 on a best misfit of 1e-5; a different trajectory (key, member order) differs
-        # by the perturbations' 1e-2 per generation.
+        # |u|, so an ulp of u is ~1e-4 of an anomaly. (The Kalman step's SVD no longer lets
+        # the long step amplify rounding through the Gram matrix; see
+        # tests/test_eki.py::test_kalman_step_stays_bounded_for_large_residuals.) Measured
+        # after 20 generations: 2.2e-6 on the members (|u| ~ 1), 8e-8 on a spread of 4e-3,
+        # 5e-9 on a best misfit of 1.2e-5 (4e-4 relative: the best misfit still needs the
+        # atol); with the Gram-matrix eigh it was 3.3e-5, 1.8e-6 and 2e-8. A different
+        # trajectory (key, member order) differs by the perturbations' 1e-2 per generation.
         sharded_tolerance=(1e-4, 1e-5),
+    ),
+    # Budgets below: measured generations to the target on this sphere, with about 2x margin.
+    Case("nelder_mead", lambda: esjax.nelder_mead(num_dims=NUM_DIMS), 200, 1e-6),
+    Case(
+        "differential_evolution",
+        lambda: esjax.differential_evolution(population_size=16),
+        150,
+        1e-6,
+    ),
+    Case(
+        "simple_ga",
+        lambda: esjax.simple_ga(population_size=16, sigma=0.05),
+        100,
+        1e-2,
+        options=MappingProxyType({"sigma": 0.05}),
+    ),
+    Case(
+        "random_search",
+        lambda: esjax.random_search(population_size=16, sigma=1.0),
+        200,
+        0.3,
+    ),
+    Case(
+        "hill_climbing",
+        lambda: esjax.hill_climbing(population_size=8, sigma=0.5),
+        150,
+        1e-6,
+        options=MappingProxyType({"sigma": 0.5}),
+    ),
+    Case(
+        "lm_ma_es",
+        lambda: esjax.lm_ma_es(num_dims=NUM_DIMS, sigma=0.5),
+        100,
+        1e-6,
+        options=MappingProxyType({"sigma": 0.5}),
+    ),
+    Case("pgpe", lambda: esjax.pgpe(population_size=16), 100, 1e-2),
+    Case("snes", lambda: esjax.snes(num_dims=NUM_DIMS, sigma=0.5), 100, 1e-6),
+    Case("xnes", lambda: esjax.xnes(num_dims=NUM_DIMS, sigma=0.5), 150, 1e-6),
+    Case(
+        "low_rank_es",
+        lambda: esjax.low_rank_es(population_size=16, sigma=0.1, learning_rate=0.05),
+        300,
+        1e-2,
     ),
 ]

@@ -355,3 +355,16 @@ def test_strict_json_replaces_non_finite_numbers(tmp_path):
     assert written["non_finite"] == ["a", "b[1]"]
     expected = {"a": None, "b": [1.0, None], "non_finite": ["a", "b[1]"]}
     assert _strict_json(tmp_path / "s.json") == expected
+
+
+def test_batch_size_in_a_run_config_is_the_old_name_of_population_batch_size():
+    # One meaning per key: compare configs' batch_size is examples per step, so a run config's
+    # members-per-chunk setting is population_batch_size; the old name warns and still works.
+    from esjax.experiments.config import parse_config
+
+    with pytest.warns(FutureWarning, match="'batch_size' in a run config is deprecated"):
+        config = parse_config({**SPHERE, "batch_size": 2})
+    assert config.population_batch_size == 2
+    assert parse_config({**SPHERE, "population_batch_size": 2}) == config
+    with pytest.raises(ValueError, match="keep only 'population_batch_size'"):
+        parse_config({**SPHERE, "batch_size": 2, "population_batch_size": 2})

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,9 @@ class ExperimentConfig:
       generations: number of generations to run (>= 1).
       seed: integer seed for every PRNG key of the run.
       log_every: generations per scanned chunk / metrics flush (default ~20 chunks).
-      batch_size: evaluate the population in chunks of this many members.
+      population_batch_size: evaluate the population in chunks of this many members (the
+        key compare configs use; ``batch_size`` is its deprecated name in run configs, where
+        it meant members, while in compare configs it means examples per step).
       checkpoint_every: save a checkpoint every this many generations (0: never).
       output_dir: parent folder of the run folder.
       max_nonfinite_generations: stop (non-zero exit) after this many consecutive generations
@@ -70,7 +73,7 @@ class ExperimentConfig:
     generations: int
     seed: int = 0
     log_every: int | None = None
-    batch_size: int | None = None
+    population_batch_size: int | None = None
     checkpoint_every: int = 0
     output_dir: str = "results"
     max_nonfinite_generations: int = 20
@@ -84,7 +87,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "generations": (int,),
     "seed": (int,),
     "log_every": (int, type(None)),
-    "batch_size": (int, type(None)),
+    "population_batch_size": (int, type(None)),
     "checkpoint_every": (int,),
     "output_dir": (str,),
     "max_nonfinite_generations": (int,),
@@ -97,6 +100,31 @@ def _check_keys(section: str, given: dict, valid: list[str]) -> None:
         raise ValueError(f"unknown key(s) {unknown} in {section}; valid keys are {sorted(valid)}")
 
 
+# Run-config keys renamed so that one key means one thing in run and compare configs:
+# old name -> new name. The old name still works, with a FutureWarning.
+RENAMED_KEYS = {"batch_size": "population_batch_size"}
+
+
+def _renamed_keys(raw: dict) -> dict:
+    for old, new in RENAMED_KEYS.items():
+        if old not in raw:
+            continue
+        if new in raw:
+            raise ValueError(
+                f"config keys {old!r} and {new!r} are the same setting ({old!r} is the old "
+                f"name); keep only {new!r}"
+            )
+        warnings.warn(
+            f"config key {old!r} in a run config is deprecated: it is {new!r} (members "
+            f"evaluated at a time), as in compare configs, where {old!r} means examples per "
+            "step; rename it",
+            FutureWarning,
+            stacklevel=3,
+        )
+        raw = {(new if key == old else key): value for key, value in raw.items()}
+    return raw
+
+
 def parse_config(raw: dict, config_dir: str | Path | None = None) -> ExperimentConfig:
     """Validate a config dict (as loaded from YAML) and build an :class:`ExperimentConfig`.
 
@@ -105,6 +133,7 @@ def parse_config(raw: dict, config_dir: str | Path | None = None) -> ExperimentC
         raise TypeError(f"a config must be a mapping at the top level, got {type(raw).__name__}")
     if "methods" in raw:
         raise ValueError("this is a comparison config (it has 'methods'): use `esjax compare`")
+    raw = _renamed_keys(raw)
     fields = [f.name for f in dataclasses.fields(ExperimentConfig) if f.name != "config_dir"]
     _check_keys("the config", raw, fields)
     required = [
@@ -124,7 +153,7 @@ def parse_config(raw: dict, config_dir: str | Path | None = None) -> ExperimentC
     check_int("generations", config.generations, 1)
     check_int("checkpoint_every", config.checkpoint_every, 0)
     check_int("max_nonfinite_generations", config.max_nonfinite_generations, 1)
-    for optional in ("log_every", "batch_size"):
+    for optional in ("log_every", "population_batch_size"):
         if getattr(config, optional) is not None:
             check_int(optional, getattr(config, optional), 1)
     if "name" not in config.strategy:
@@ -316,6 +345,7 @@ def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
 
 __all__ = [
     "NOISE_KEYS",
+    "RENAMED_KEYS",
     "ExperimentConfig",
     "RESIDUAL_STRATEGIES",
     "SEED_RANGE",

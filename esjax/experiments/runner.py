@@ -16,7 +16,12 @@ import numpy as np
 from esjax import checkpoint
 from esjax.base import Strategy, StrategyState
 from esjax.driver import run
-from esjax.experiments.config import ExperimentConfig, build_strategy, config_to_dict
+from esjax.experiments.config import (
+    RENAMED_KEYS,
+    ExperimentConfig,
+    build_strategy,
+    config_to_dict,
+)
 from esjax.experiments.outputs import append_text, claim_run_dir, replace_text, write_json
 from esjax.experiments.setup import build_problem
 
@@ -25,7 +30,7 @@ SOLUTION_FILE = "solution.msgpack"
 # What a run writes into its folder: a folder holding any of them is an earlier run's.
 RUN_OUTPUTS = ("metrics.csv", "summary.json", CHECKPOINT_FILE, SOLUTION_FILE)
 # Config keys that change results: a checkpoint resumes only a run that agrees on all of them.
-RESUME_KEYS = ("strategy", "problem", "seed", "batch_size")
+RESUME_KEYS = ("strategy", "problem", "seed", "population_batch_size")
 
 
 def write_metrics_csv(path: Path, metrics: dict[str, np.ndarray]) -> None:
@@ -92,6 +97,9 @@ def load_resume_state(
     state = checkpoint.load(path, like, strategy=es)
     metadata = header["metadata"] or {}
     saved, current = metadata.get("config", {}), config_to_dict(config)
+    for old, new in RENAMED_KEYS.items():  # a checkpoint written before a key was renamed
+        if old in saved and new not in saved:
+            saved = {**saved, new: saved[old]}
     differing = [key for key in RESUME_KEYS if saved.get(key) != current[key]]
     if differing:
         raise checkpoint.CheckpointError(
@@ -133,6 +141,7 @@ def run_experiment(
     resume: bool = False,
     overwrite: bool = False,
     mesh: jax.sharding.Mesh | None = None,
+    stop: bool = True,
 ) -> dict:
     """Run ``config`` and write ``<output_dir>/<name>/{metrics.csv,summary.json}``.
 
@@ -153,8 +162,11 @@ def run_experiment(
 
     A folder that already holds a run's outputs is refused (nothing is deleted) unless
     ``resume`` or ``overwrite``. The run stops early when the strategy's termination signal comes
-    on, or after ``config.max_nonfinite_generations`` generations without a finite fitness;
-    ``summary["stop_reason"]`` says which (``"completed"`` otherwise).
+    on, or after ``config.max_nonfinite_generations`` generations without a finite fitness, at
+    exactly that generation whatever ``log_every`` is (``metrics.csv``, the checkpoint and
+    ``summary.json`` are those of a run of that many generations);
+    ``summary["stop_reason"]`` says which (``"completed"`` otherwise). ``stop=False``
+    (``esjax run --no-stop``) ignores both signals and runs every generation.
 
     Returns:
       The summary dict written to ``summary.json``.
@@ -210,7 +222,24 @@ def run_experiment(
 
     nonfinite = {"run": 0, "stop": None}
 
-    def record(state: StrategyState, chunk: dict) -> bool:
+    def nonfinite_stop(chunk: dict) -> int | None:
+        """The generation at which the run of all-non-finite generations reaches the limit."""
+        run_length = nonfinite["run"]
+        counts = np.asarray(chunk.get("num_nonfinite", []))
+        for row, count in enumerate(counts):
+            run_length = run_length + 1 if count == es.population_size else 0
+            if stop and run_length >= config.max_nonfinite_generations:
+                nonfinite["stop"] = run_length
+                return int(np.asarray(chunk["generation"])[row])
+        return None
+
+    def record(state: StrategyState, chunk: dict) -> int | None:
+        # A stop inside the chunk: esjax.run reruns it to that generation and calls back with
+        # the shorter chunk, which is the one written.
+        if nonfinite["stop"] is None:
+            at = nonfinite_stop(chunk)
+            if at is not None and at < int(state.generation):
+                return at
         # Metrics first: every row a checkpoint covers is on disk before the checkpoint is.
         every = config.checkpoint_every
         if writer:
@@ -219,10 +248,7 @@ def run_experiment(
             save_checkpoint(state)
         for count in np.asarray(chunk.get("num_nonfinite", [])):
             nonfinite["run"] = nonfinite["run"] + 1 if count == es.population_size else 0
-        if nonfinite["run"] >= config.max_nonfinite_generations:
-            nonfinite["stop"] = nonfinite["run"]
-            return True
-        return False
+        return int(state.generation) if nonfinite["stop"] is not None else None
 
     state, _ = run(
         es,
@@ -231,12 +257,13 @@ def run_experiment(
         state,
         config.generations - resumed_from,
         log_every=config.log_every,
-        batch_size=config.batch_size,
+        batch_size=config.population_batch_size,
         fitness_takes_key=problem.fitness_takes_key,
         progress=progress and writer,
         description=config.name,
         callback=record,
         mesh=mesh,
+        stop_on_termination=stop,
     )
     jax.block_until_ready(state)
     if config.checkpoint_every and saved_at[0] != int(state.generation):
@@ -254,7 +281,7 @@ def run_experiment(
         "evaluations": int(state.evaluations),
         "best_fitness": float(state.best_fitness),
         "seconds_including_compile": seconds,
-        "stop_reason": _stop_reason(es, state, nonfinite["stop"]),
+        "stop_reason": _stop_reason(es, state, nonfinite["stop"]) if stop else "completed",
         "output_dir": str(run_dir.parent),
         "config": run_config,
     }
