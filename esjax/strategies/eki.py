@@ -37,14 +37,19 @@ identity ``B (I_m + Bᵀ B)⁻¹ = (I_J + B Bᵀ)⁻¹ B`` reduces the step to `
 
     h C^up (h C^pp + Γ)⁻¹ (ξ_j - r_j) = ΔUᵀ (I_J + B Bᵀ)⁻¹ B e_j
 
-so a generation costs ``O(J² (m + d) + J³)``: the ``J × J`` products ``B Bᵀ`` and ``B Eᵀ``
-(``E``: rows ``e_j``), one ``J × J`` eigendecomposition, and the ``(J, d)`` update
-``U ← U + Mᵀ ΔU`` with ``M = (I_J + B Bᵀ)⁻¹ B Eᵀ``.
+and the ``(J, d)`` update ``U ← U + Mᵀ ΔU`` with ``M = (I_J + B Bᵀ)⁻¹ B Eᵀ`` (``E``: rows
+``e_j``). ``M`` is computed from the thin SVD ``B = V S Wᵀ`` as
+``V diag(s / (1 + s²)) Wᵀ Eᵀ``, never from the Gram matrix ``B Bᵀ``: that squares ``B``'s
+condition number, and in float32 the rounding of ``B Eᵀ`` along its (near-)null eigenvectors
+came back multiplied by ``h`` (garbage once ``h ‖Γ^{-1/2} Δr‖² ≳ 1/eps``, e.g. residuals of
+1e4 at ``h = 1``). The SVD comes from reduced QR factorisations of ``Bᵀ`` (and ``ΔUᵀ``) and
+the SVD of their small triangular factors, so a generation costs ``O(J² (m + d) + J³)``.
 
 **Tikhonov-EKI** (``tikhonov = λ > 0``) applies the same update to the augmented problem
 ``[y; 0] = [G(u); u] + N(0, diag(Γ, I/λ))``, i.e. it minimises
-``½‖Γ^{-1/2}(G(u) - y)‖² + ½λ‖u‖²``; the extra block only adds ``λ ΔU ΔUᵀ`` terms to the
-``J × J`` Gram matrices.
+``½‖Γ^{-1/2}(G(u) - y)‖² + ½λ‖u‖²``; the extra block appends ``√(hλ) ΔU`` to ``B``'s columns
+(only as its ``√λ``-scaled triangular factor in the SVD) and the matching innovations to
+``E``'s.
 
 **Inflation.** ``ask`` returns the ensemble, optionally inflated:
 ``ū + ρ (u_j - ū) + σ_a ε_j`` with ``ρ = inflation`` and ``σ_a = additive_inflation``. Without
@@ -210,6 +215,49 @@ def _member_misfits(state: EKIState, residuals: jax.Array) -> jax.Array:
     return jnp.where(valid, misfits, jnp.inf)
 
 
+def _kalman_coefficients(
+    data_anomalies: jax.Array,
+    data_innovations: jax.Array,
+    prior_anomalies: jax.Array,
+    prior_innovations: jax.Array,
+    tikhonov: jax.Array,
+    step: jax.Array,
+) -> jax.Array:
+    """``M = h (I_J + h A Aᵀ)⁻¹ A Fᵀ`` (``J × J``) from a thin SVD of ``A``, never forming ``A Aᵀ``.
+
+    ``A = [B̃, √λ ΔU]`` (``J × (m + d)``) stacks the anomalies (``B̃ = B/√h``:
+    ``data_anomalies``, ``ΔU``: ``prior_anomalies``) and ``F = [Ẽ, F_p]`` the innovations
+    (``Ẽ = E/√h``: ``data_innovations``; ``F_p``, rows ``√λ (ξ'_j - u_j)``:
+    ``prior_innovations``), so ``M`` is the module docstring's ``(I + B Bᵀ)⁻¹ B Eᵀ`` with the
+    Tikhonov block included. With the thin SVD ``A = V S Wᵀ`` the push-through identity gives
+
+        M = V diag(h s / (1 + h s²)) Wᵀ Fᵀ:
+
+    each innovation is projected onto the right singular vectors first, so a (near-)null
+    direction of ``A`` is weighted by its own ``h s / (1 + h s²) ≈ h s``, and every weight is
+    at most ``√h / 2``. Taking ``(I + h A Aᵀ)⁻¹`` from an eigendecomposition of the Gram matrix
+    ``A Aᵀ`` instead squares the condition number, and the round-off of ``A Fᵀ`` (relative
+    ``eps`` of ``‖A‖ ‖F‖``) along the Gram matrix's computed null space is multiplied by
+    ``h / (1 + 0)``: garbage once ``h ‖A‖² ≳ 1/eps`` (large residuals, a long step).
+
+    ``A`` is not stacked either (``J × (m + d)`` entries): the reduced QR factorisations
+    ``B̃ᵀ = Q₁ R₁`` and ``ΔUᵀ = Q₂ R₂`` (``Q_i`` with orthonormal columns) give
+    ``Aᵀ = diag(Q₁, Q₂) [R₁; √λ R₂]``, and the SVD ``[R₁; √λ R₂] = P S Vᵀ`` of that
+    ``(k₁ + k₂) × J`` stack (``k₁ = min(m, J)``, ``k₂ = min(d, J)``) is the one of ``A`` with
+    ``W = diag(Q₁, Q₂) P``. Cost ``O(J² (m + d) + J³)``, as for the Gram matrices.
+    """
+    data_q, data_r = jnp.linalg.qr(data_anomalies.T)  # B̃ᵀ = Q₁ R₁: (m, k₁), (k₁, J)
+    prior_q, prior_r = jnp.linalg.qr(prior_anomalies.T)  # ΔUᵀ = Q₂ R₂: (d, k₂), (k₂, J)
+    factors = jnp.concatenate([data_r, jnp.sqrt(tikhonov) * prior_r])  # [R₁; √λ R₂]
+    rotation, singular, right = jnp.linalg.svd(factors, full_matrices=False)  # P, s, Vᵀ
+    # Wᵀ Fᵀ = Pᵀ [Q₁ᵀ Ẽᵀ; Q₂ᵀ F_pᵀ]: (k, J).
+    projected = rotation.T @ jnp.concatenate(
+        [data_q.T @ data_innovations.T, prior_q.T @ prior_innovations.T]
+    )
+    gains = step * singular / (1.0 + step * singular**2)
+    return right.T @ (gains[:, None] * projected)
+
+
 def eki(
     ensemble_size: int,
     init_std: float = 0.1,
@@ -299,38 +347,47 @@ def eki(
         output_anomalies = anomalies(whitened)  # B / √h: (J, m), Γ-whitened, 1/√J-scaled
         parameter_anomalies = anomalies(population)  # ΔU: (J, d)
 
-        # Gram matrices in the J × J ensemble space: gram[k, l] = ⟨b_k, b_l⟩ and
-        # cross[k, j] = ⟨b_k, e_j⟩ for the unscaled innovation e_j = ξ_j - r_j (whitened).
-        gram = output_anomalies @ output_anomalies.T
-        data_cross = -(output_anomalies @ whitened.T)
         step = params.step_size
+        if adaptive_step or update == "euler":
+            # data_cross[k, j] = ⟨b_k, -Γ^{-1/2} r_j⟩ / √h, the unperturbed innovations.
+            data_cross = -(output_anomalies @ whitened.T)
         if adaptive_step:
             # ‖D‖_F with D_jk = ⟨r_k - r̄, Γ⁻¹ r_j⟩ = -√J · data_cross[k, j].
             step = step / (scale * jnp.sqrt(jnp.sum(data_cross**2)) + ADAPTIVE_EPS)
-        cross = data_cross
         key, output_key, prior_key = jax.random.split(state.key, 3)
         if perturb_observations:
             # ξ_j ~ N(0, Γ/h): whitened by Γ^{-1/2} it is N(0, 1/h).
             xi = member_normals(output_key, members, whitened.shape[1], dtype) * jax.lax.rsqrt(step)
-            cross = cross + output_anomalies @ (weight * xi).T
-
-        # Tikhonov block: outputs u with target 0 and covariance I/λ; whitened by √λ its
-        # anomalies are √λ ΔU and its innovations √λ (ξ'_j - u_j), ξ'_j ~ N(0, I/(λh)).
-        gram = gram + params.tikhonov * (parameter_anomalies @ parameter_anomalies.T)
-        cross = cross - params.tikhonov * (parameter_anomalies @ (weight * population).T)
-        if perturb_observations:
-            prior_xi = weight * member_normals(prior_key, members, state.num_dims, dtype)
-            cross = cross + jnp.sqrt(params.tikhonov / step) * (parameter_anomalies @ prior_xi.T)
+            xi = weight * xi
+            # Tikhonov block: outputs u with target 0 and covariance I/λ; whitened by √λ its
+            # anomalies are √λ ΔU and its innovations √λ (ξ'_j - u_j), ξ'_j ~ N(0, I/(λh)):
+            # prior_xi_j is √λ ξ'_j ~ N(0, 1/h), the same law as ξ_j's.
+            prior_normals = member_normals(prior_key, members, state.num_dims, dtype)
+            prior_xi = weight * (prior_normals * jax.lax.rsqrt(step))
 
         if update == "kalman":
-            # (I + h·gram)⁻¹ via the eigendecomposition of the PSD gram: eigenvalues are clipped
-            # at 0 against round-off, so every factor 1/(1 + h s) lies in (0, 1].
-            eigenvalues, eigenvectors = jnp.linalg.eigh(gram)
-            eigenvalues = jnp.maximum(eigenvalues, 0.0)
-            coefficients = eigenvectors @ (
-                (eigenvectors.T @ (step * cross)) / (1.0 + step * eigenvalues)[:, None]
+            tikhonov = jnp.asarray(params.tikhonov, dtype)
+            data_innovations = xi - whitened if perturb_observations else -whitened
+            prior_innovations = -jnp.sqrt(tikhonov) * (weight * population)
+            if perturb_observations:
+                prior_innovations = prior_innovations + prior_xi
+            coefficients = _kalman_coefficients(
+                output_anomalies,
+                data_innovations,
+                parameter_anomalies,
+                prior_innovations,
+                tikhonov,
+                step,
             )
         else:
+            # The Euler step needs no inverse: h A Fᵀ (A, F as in _kalman_coefficients), with
+            # cross[k, j] = ⟨b_k, e_j⟩ / h and the Tikhonov block's terms added.
+            cross = data_cross
+            if perturb_observations:
+                cross = cross + output_anomalies @ xi.T
+            cross = cross - params.tikhonov * (parameter_anomalies @ (weight * population).T)
+            if perturb_observations:
+                cross = cross + jnp.sqrt(params.tikhonov) * (parameter_anomalies @ prior_xi.T)
             coefficients = step * cross
         # Invalid members have zero innovation columns, so they do not move (nor does anyone
         # when every member is invalid: all anomalies are then zero).
