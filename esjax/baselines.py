@@ -12,8 +12,10 @@ budgets are measured identically:
 - **wall-clock** of training only, excluding compilation (every scanned chunk is compiled ahead
   of time with ``jax.jit(...).lower(...).compile()``; compile time is reported separately) and
   excluding the periodic evaluation (the same for every method);
-- **forward passes**: per-example network evaluations. ES: ``population_size × batch_size`` per
-  generation. Backpropagation: ``3 × batch_size`` per step, counting the backward pass as two
+- **forward passes**: per-example network evaluations. ES: the strategy's own count of fitness
+  evaluations (``state.evaluations``: ``population_size`` per generation for most strategies,
+  what the sequential rule would have evaluated for Nelder-Mead) × the examples each member is
+  scored on. Backpropagation: ``3 × batch_size`` per step, counting the backward pass as two
   forward passes (the usual cost estimate of reverse-mode differentiation of a matmul network);
 - **steps**: generations or optimizer steps.
 """
@@ -123,6 +125,8 @@ def timed_run(
     description: str | None = None,
     history: list[dict] | None = None,
     on_chunk: Callable[[Any, list[dict], float], None] | None = None,
+    count_forward_passes: Callable[[Any], int] | None = None,
+    compiled: dict | None = None,
 ) -> TimedRun:
     """Run ``num_steps`` steps in AOT-compiled ``lax.scan`` chunks of ``eval_every`` steps.
 
@@ -150,6 +154,13 @@ def timed_run(
       history: rows recorded before ``state`` (resuming); row 0 is then not re-evaluated.
       on_chunk: ``(state, history, compile_seconds) -> None`` called after every chunk's row
         (e.g. to save a checkpoint), outside the timed region.
+      count_forward_passes: ``state -> int``, the forward passes spent up to ``state`` (e.g.
+        ``state.evaluations × examples`` for a strategy whose evaluations per generation vary);
+        default ``steps × forward_passes_per_step``. Read outside the timed region.
+      compiled: a dict this call stores its compiled chunks in (keyed by chunk length) and takes
+        them from when present: pass the same dict to runs of the *same* ``step_fn`` from states
+        of the same structure (e.g. the seeds of one method) to compile once; ``compile_seconds``
+        then counts only what this call compiled.
     """
     num_steps = check_int("num_steps", num_steps, 1)
     eval_every = check_int("eval_every", eval_every, 1)
@@ -180,7 +191,7 @@ def timed_run(
         return chunk
 
     compile_seconds = 0.0
-    compiled: dict[int, Callable] = {}
+    compiled = {} if compiled is None else compiled
 
     def compiled_chunk(length: int) -> Callable:
         nonlocal compile_seconds
@@ -195,7 +206,9 @@ def timed_run(
         return {
             "step": steps,
             "wall_clock_s": seconds,
-            "forward_passes": steps * forward_passes_per_step,
+            "forward_passes": steps * forward_passes_per_step
+            if count_forward_passes is None
+            else int(count_forward_passes(state)),
             **values,
         }
 

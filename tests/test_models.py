@@ -72,3 +72,41 @@ def test_a_bad_model_section_names_its_key(folder, section, error, words):
         model_section(section)
         build_model(section, 6, 3, jax.random.key(0), folder)
     assert words in str(raised.value)
+
+
+def test_a_compare_config_trains_its_own_model_class(folder, tmp_path):
+    # The class is imported from the config's folder; every method trains that model.
+    from esjax.experiments.compare import load_comparison, run_comparison
+
+    config_path = folder / "own.yaml"
+    config_path.write_text(
+        "name: own_model\n"
+        "task: {name: digits, seed: 1}\n"
+        "model: {class: 'own_models:NnxWide', features: 6}\n"
+        "batch_size: 32\n"
+        "eval_every: 2\n"
+        "methods:\n"
+        "  - {label: es, strategy: {name: openai_es, population_size: 8}, generations: 2}\n"
+        "  - {label: adam, optimizer: {name: adam, learning_rate: 0.01}, steps: 2}\n"
+    )
+    result = run_comparison(
+        load_comparison(config_path), output_dir=tmp_path / "out", progress=False
+    )
+    params = {m["label"]: m["num_params"] for m in result["methods"]}
+    assert params == {"es": 64 * 6 + 6 + 6 * 10 + 10, "adam": 64 * 6 + 6 + 6 * 10 + 10}
+
+
+def test_a_method_cannot_set_the_activation_of_a_model_class():
+    from esjax.experiments.compare import parse_comparison
+
+    with pytest.raises(ValueError, match="only the built-in MLP takes"):
+        parse_comparison(
+            {
+                "name": "x",
+                "task": {"name": "digits"},
+                "model": {"class": "own_models:Wide"},
+                "methods": [
+                    {"label": "a", "optimizer": {"name": "adam"}, "steps": 1, "activation": "relu"}
+                ],
+            }
+        )

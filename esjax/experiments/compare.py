@@ -42,6 +42,40 @@ against the parameter count), plus ``summary.json``.
 Keys: the model's initial parameters use ``fold_in(seed_key, 0)``, a strategy's ``init``
 ``fold_in(seed_key, 1)`` and every method's run ``fold_in(seed_key, 2)``; since gradient step
 ``t`` and ES generation ``t`` derive their minibatch key alike, they see the same examples.
+
+Forward passes are counted from what a method spent: for a gradient-free method the strategy's
+own evaluation count (``state.evaluations``, which for Nelder-Mead is what its sequential rule
+would have evaluated, not the speculative rows it asks for) times the examples each member is
+scored on; ``3 ×`` the batch per gradient step; the training set once for ELM.
+
+Study keys (all optional; a config without them runs exactly as above):
+
+- ``seeds: [0, 1, 2]`` (instead of ``seed``): every method runs once per seed, each seed from its
+  own initial parameters (shared by all methods of that seed). Per-seed outputs go to
+  ``<label>/seed_<s>/``; the method's row in ``comparison.md``, the CLI table and
+  ``summary.json`` gives the mean, the sample standard deviation and the range over seeds, and
+  the plots draw the mean curves. A method's seeds share one compiled step (compile time is
+  paid by the first seed). ``load_comparison(path, seeds=[0])`` overrides the list.
+- ``forward_pass_budget: N``: a method without ``generations``/``steps`` gets
+  ``N // (forward passes per step)`` of them, so every such method spends the same budget to
+  within one step's worth (gradient methods too, a backprop counting as 3). A strategy that
+  counts its evaluations as it goes (Nelder-Mead) needs its own ``generations``. Methods with
+  their own budget say so in their row.
+- ``fitness_subset: K`` (per method, or top-level as the default of every gradient-free method
+  without ``batch_size``; ``null`` turns it off): members are scored on one fixed subset of
+  ``K`` training examples, drawn once by a permutation under ``fold_in(key(first seed), 3)``
+  and shared by every method and seed, instead of a fresh minibatch each generation. Meant for
+  methods that compare fitness across generations (annealing, swarms, simplex, GA, DE, hill
+  climbing), which minibatch noise corrupts. A method cannot set both it and ``batch_size``.
+- ``validation: {fraction: 0.2, seed: 0}``: hold a stratified ``fraction`` of the training split
+  out and report on it instead of the test split (the test split is not used at all): for
+  tuning hyperparameters. Tables then say "validation" and ``summary.json`` records it.
+- ``skip: "reason"`` (per method): the method is listed in the tables and ``summary.json`` with
+  the reason, and not run (e.g. a strategy whose one generation costs minutes at this size).
+- ``answer: {reference: adam}``: an answer paragraph generated from the numbers (which methods
+  reached which accuracy at which cost, and their ratio to the reference method) is written to
+  ``comparison.md`` and ``summary.json`` (``answer``;
+  :func:`esjax.experiments.report.answer_paragraph`).
 """
 
 from __future__ import annotations
@@ -54,7 +88,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-from esjax import checkpoint, nn
+from esjax import checkpoint, lowrank, nn
 from esjax.base import check_int
 from esjax.baselines import (
     BACKWARD_COST_IN_FORWARDS,
@@ -63,7 +97,7 @@ from esjax.baselines import (
     optax_trainer,
     timed_run,
 )
-from esjax.experiments import report
+from esjax.experiments import models, report
 from esjax.experiments.config import (
     RESIDUAL_STRATEGIES,
     SEED_RANGE,
@@ -72,8 +106,7 @@ from esjax.experiments.config import (
     validate_strategy_section,
 )
 from esjax.experiments.outputs import check_run_name, claim_run_dir, read_yaml, write_json
-from esjax.loop import make_generation
-from esjax.tasks.supervised import Dataset, load_dataset
+from esjax.tasks.supervised import Dataset, load_dataset, split_indices
 
 METHOD_KEYS = (
     "label",
@@ -87,6 +120,8 @@ METHOD_KEYS = (
     "eval_every",
     "activation",
     "population_batch_size",
+    "fitness_subset",
+    "skip",
 )
 
 
@@ -101,21 +136,28 @@ class MethodConfig:
       elm: an extreme-learning-machine section (``{ridge: λ}``: the model's hidden layers keep
         their random initial weights, the output layer is solved by ridge least squares on the
         training set; :func:`esjax.baselines.elm_readout`), or None.
-      steps: generations or optimizer steps.
+      steps: generations or optimizer steps (None: from the comparison's forward-pass budget,
+        resolved by :func:`resolve_steps`).
       loss, batch_size, eval_every, activation: overrides of the comparison's defaults.
       population_batch_size: evaluate the population this many members at a time.
+      fitness_subset: score members on this many fixed training examples (None: minibatches).
+      skip: a reason not to run this method (it is listed with the reason), or None.
+      own_budget: whether ``steps`` was set by the method rather than by the shared budget.
     """
 
     label: str
     strategy: dict | None
     optimizer: dict | None
-    steps: int
+    steps: int | None
     loss: str
     batch_size: int | None
     eval_every: int
     activation: str
     population_batch_size: int | None = None
     elm: dict | None = None
+    fitness_subset: int | None = None
+    skip: str | None = None
+    own_budget: bool = True
 
     @property
     def gradient_free(self) -> bool:
@@ -143,6 +185,15 @@ class ComparisonConfig:
     scaling: dict | None
     raw: dict
     checkpoint_every: int | None = None
+    seeds: tuple[int, ...] | None = None
+    forward_pass_budget: int | None = None
+    validation: dict | None = None
+    answer: dict | None = None
+
+    @property
+    def run_seeds(self) -> tuple[int, ...]:
+        """The seeds every method runs with (``(seed,)`` without a ``seeds`` list)."""
+        return self.seeds if self.seeds is not None else (self.seed,)
 
 
 TOP_KEYS = {
@@ -159,8 +210,15 @@ TOP_KEYS = {
     "methods": list,
     "scaling": dict,
     "checkpoint_every": (int, type(None)),
+    "seeds": list,
+    "forward_pass_budget": int,
+    "fitness_subset": (int, type(None)),
+    "validation": dict,
+    "answer": dict,
 }
-MODEL_KEYS = ("hidden", "activation", "api")
+MODEL_KEYS = models.BUILT_IN_KEYS  # the built-in MLP's; model.class names your own
+VALIDATION_KEYS = ("fraction", "seed")
+ANSWER_KEYS = ("reference",)
 
 
 def _check_keys(section: str, given: dict, valid) -> None:
@@ -198,13 +256,37 @@ def _parse_method(
         "elm" if "elm" in raw else (raw.get("strategy") or raw.get("optimizer"))["name"]
     )
     budget = [raw[k] for k in ("generations", "steps") if k in raw]
-    if len(budget) != 1:
-        raise ValueError(f"method {label!r} needs one of 'generations' or 'steps'")
-    steps = check_int(
-        f"method {label!r} generations/steps",
-        steps_override if steps_override is not None else budget[0],
-        1,
-    )
+    if len(budget) > 1 or (not budget and defaults.get("forward_pass_budget") is None):
+        raise ValueError(
+            f"method {label!r} needs one of 'generations' or 'steps' (or a top-level "
+            "forward_pass_budget that sets them)"
+        )
+    steps = None
+    if steps_override is not None or budget:
+        steps = check_int(
+            f"method {label!r} generations/steps",
+            steps_override if steps_override is not None else budget[0],
+            1,
+        )
+    skip = raw.get("skip")
+    if skip is not None and (not isinstance(skip, str) or not skip.strip()):
+        raise TypeError(f"{where}.skip must be a non-empty string (the reason), got {skip!r}")
+    if "fitness_subset" in raw and "batch_size" in raw and raw["fitness_subset"] is not None:
+        raise ValueError(
+            f"{where} sets both fitness_subset (a fixed evaluation subset) and batch_size "
+            "(minibatches): keep one"
+        )
+    fitness_subset = None
+    if "strategy" in raw:
+        fitness_subset = raw.get(
+            "fitness_subset", None if "batch_size" in raw else defaults.get("fitness_subset")
+        )
+    elif raw.get("fitness_subset") is not None:
+        raise ValueError(f"{where}.fitness_subset applies to gradient-free methods only")
+    if fitness_subset is not None:
+        if isinstance(fitness_subset, bool) or not isinstance(fitness_subset, int):
+            raise TypeError(f"{where}.fitness_subset must be an integer, got {fitness_subset!r}")
+        fitness_subset = check_int(f"{where}.fitness_subset", fitness_subset, 1)
     batch_size = raw.get("batch_size", defaults["batch_size"])
     if batch_size is not None:
         batch_size = check_int(f"method {label!r} batch_size", batch_size, 1)
@@ -231,16 +313,51 @@ def _parse_method(
         activation=activation,
         population_batch_size=population_batch_size,
         elm=None if "elm" not in raw else dict(raw["elm"] or {}),
+        fitness_subset=fitness_subset,
+        skip=skip,
+        own_budget=bool(budget) or steps_override is not None,
     )
 
 
+def _parse_seeds(value: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(value, list | tuple) or not value:
+        raise TypeError(f"{where} must be a non-empty list of integers, got {value!r}")
+    seeds = tuple(check_int(f"{where}[{i}]", seed, *SEED_RANGE) for i, seed in enumerate(value))
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{where} must not repeat a seed, got {list(seeds)}")
+    return seeds
+
+
+def _parse_validation(value: dict) -> dict:
+    _check_keys("validation", value, VALIDATION_KEYS)
+    fraction = value.get("fraction", 0.2)
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+        raise TypeError(f"validation.fraction must be a number, got {fraction!r}")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation.fraction must lie in (0, 1), got {fraction}")
+    return {
+        "fraction": float(fraction),
+        "seed": check_int("validation.seed", value.get("seed", 0), 0),
+    }
+
+
 def parse_comparison(
-    raw: dict, *, steps: int | None = None, methods: list[str] | None = None
+    raw: dict,
+    *,
+    steps: int | None = None,
+    methods: list[str] | None = None,
+    seeds: list[int] | None = None,
+    forward_pass_budget: int | None = None,
 ) -> ComparisonConfig:
-    """Validate a comparison config dict; ``steps`` overrides every method's budget and
-    ``methods`` keeps only the listed labels."""
+    """Validate a comparison config dict; ``steps`` overrides every method's budget,
+    ``methods`` keeps only the listed labels, ``seeds`` replaces the seed list and
+    ``forward_pass_budget`` the shared budget."""
     if not isinstance(raw, dict):
         raise TypeError(f"a config must be a mapping at the top level, got {type(raw).__name__}")
+    if seeds is not None:
+        raw = {**{k: v for k, v in raw.items() if k != "seed"}, "seeds": list(seeds)}
+    if forward_pass_budget is not None:
+        raw = {**raw, "forward_pass_budget": forward_pass_budget}
     _check_keys("the comparison config", raw, TOP_KEYS)
     for key in ("name", "task", "methods"):
         if key not in raw:
@@ -249,18 +366,43 @@ def parse_comparison(
         wrong_bool = isinstance(value, bool) and TOP_KEYS[key] is not bool
         if wrong_bool or not isinstance(value, TOP_KEYS[key]):
             raise TypeError(f"config key {key!r} has the wrong type {type(value).__name__}")
-    model = {"hidden": [32], "activation": "tanh", "api": "linen", **raw.get("model", {})}
-    _check_keys("model", model, MODEL_KEYS)
+    model = models.model_section(raw.get("model"))
+    if models.is_custom(model):
+        overriding = [
+            m.get("label", "?") for m in raw["methods"] if isinstance(m, dict) and "activation" in m
+        ]
+        if overriding:
+            raise ValueError(
+                f"methods {overriding} set 'activation', which only the built-in MLP takes; "
+                f"model.class {model['class']!r} defines its own"
+            )
+        if raw.get("scaling") is not None:
+            raise ValueError("scaling sweeps the built-in MLP's hidden widths: drop model.class")
     if "name" not in raw["task"]:
         raise ValueError("the task section needs a 'name' ('digits' or 'mnist')")
     defaults = {
         "loss": raw.get("loss", "cross_entropy"),
         "batch_size": raw.get("batch_size", 256),
         "eval_every": raw.get("eval_every", 50),
-        "activation": model["activation"],
+        "activation": model.get("activation", "tanh"),  # model.class: unused
+        "fitness_subset": raw.get("fitness_subset"),
+        "forward_pass_budget": None
+        if raw.get("forward_pass_budget") is None
+        else check_int("forward_pass_budget", raw["forward_pass_budget"], 1),
     }
     check_run_name(raw["name"])
     check_int("seed", raw.get("seed", 0), *SEED_RANGE)
+    seed_list = None
+    if "seeds" in raw:
+        if "seed" in raw:
+            raise ValueError("give either 'seed' or 'seeds' (a list), not both")
+        seed_list = _parse_seeds(raw["seeds"], "seeds")
+    validation = None if "validation" not in raw else _parse_validation(raw["validation"])
+    answer = raw.get("answer")
+    if answer is not None:
+        _check_keys("answer", answer, ANSWER_KEYS)
+        if not isinstance(answer.get("reference"), str):
+            raise TypeError("answer.reference must be the label of a method (e.g. adam)")
     parsed = tuple(
         _parse_method(m, defaults, steps, f"methods[{i}]") for i, m in enumerate(raw["methods"])
     )
@@ -276,6 +418,11 @@ def parse_comparison(
         parsed = tuple(m for m in parsed if m.label in methods)
     if not parsed:
         raise ValueError("methods must list at least one method")
+    if answer is not None and answer["reference"] not in labels:
+        raise ValueError(
+            f"answer.reference {answer['reference']!r} is not a method label; the config has "
+            f"{labels}"
+        )
     scaling = raw.get("scaling")
     if scaling is not None:
         _check_keys("scaling", scaling, ("hidden",))
@@ -286,7 +433,7 @@ def parse_comparison(
         raise ValueError(f"target_accuracy must lie in (0, 1], got {target}")
     return ComparisonConfig(
         name=raw["name"],
-        seed=raw.get("seed", 0),
+        seed=raw.get("seed", 0) if seed_list is None else seed_list[0],
         task=dict(raw["task"]),
         model=model,
         methods=parsed,
@@ -298,19 +445,56 @@ def parse_comparison(
         checkpoint_every=None
         if raw.get("checkpoint_every") is None
         else check_int("checkpoint_every", raw["checkpoint_every"], 1),
+        seeds=seed_list,
+        forward_pass_budget=defaults["forward_pass_budget"],
+        validation=validation,
+        answer=None if answer is None else dict(answer),
     )
 
 
 def load_comparison(path: str | Path, **overrides) -> ComparisonConfig:
     """Read and validate a comparison YAML file (``overrides`` as in :func:`parse_comparison`)."""
-    return parse_comparison(read_yaml(path), **overrides)
+    raw = read_yaml(path)
+    if isinstance(raw, dict) and isinstance(raw.get("model"), dict) and "class" in raw["model"]:
+        # model.class is imported from the config's folder first (then cwd, then packages).
+        raw = {**raw, "model": {**raw["model"], "_config_dir": str(Path(path).resolve().parent)}}
+    return parse_comparison(raw, **overrides)
 
 
-def load_task(task: dict) -> Dataset:
+def load_task(task: dict, validation: dict | None = None) -> Dataset:
     """The data set a ``task`` section names (``digits``: ``seed``, ``test_fraction``;
-    ``mnist``: ``path``)."""
+    ``mnist``: ``path``); with ``validation`` (``{fraction, seed}``), its training split cut
+    into a smaller training split and a validation split that takes the test split's place."""
     kwargs = {k: v for k, v in task.items() if k != "name"}
-    return load_dataset(task["name"], **kwargs)
+    dataset = load_dataset(task["name"], **kwargs)
+    return dataset if validation is None else validation_split(dataset, **validation)
+
+
+def validation_split(dataset: Dataset, fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """``dataset`` with a stratified ``fraction`` of its training split held out as the
+    "test" split (the real test split is dropped, so nothing tuned on it can see it)."""
+    import numpy as np
+
+    labels = np.asarray(dataset.y_train)
+    train, held_out = split_indices(labels, fraction, seed, stratify=dataset.num_classes > 0)
+    return dataset._replace(
+        x_train=dataset.x_train[train],
+        y_train=dataset.y_train[train],
+        x_test=dataset.x_train[held_out],
+        y_test=dataset.y_train[held_out],
+        name=f"{dataset.name}, validation split ({fraction:.0%} of train, seed {seed})",
+    )
+
+
+def fitness_subset_indices(num_train: int, size: int, seed: int, label: str = "") -> jax.Array:
+    """The fixed evaluation subset: ``size`` training indices (sorted), the first of a
+    permutation under ``fold_in(key(seed), 3)``: the same for every method given ``seed``."""
+    if size > num_train:
+        raise ValueError(
+            f"method {label!r} fitness_subset={size} exceeds the {num_train} training examples"
+        )
+    permutation = jax.random.permutation(jax.random.fold_in(jax.random.key(seed), 3), num_train)
+    return jax.numpy.sort(permutation[:size])
 
 
 class MethodSetup(NamedTuple):
@@ -325,30 +509,69 @@ class MethodSetup(NamedTuple):
     examples_per_step: int
     description: str
     solution: Callable | None = None  # state -> the trained parameters (saved as solution.msgpack)
+    # state -> forward passes spent so far (None: steps × forward_passes_per_step).
+    count_forward_passes: Callable | None = None
+    evaluation: str = ""  # what a member or step is scored on, for the tables
 
 
-def build_method(
-    method: MethodConfig, dataset: Dataset, model_section: dict, seed: int
-) -> MethodSetup:
-    """The model, step function and initial state of one method (nothing is compiled)."""
-    seed_key = jax.random.key(seed)
-    model = nn.mlp(
+def method_model(
+    method: MethodConfig, dataset: Dataset, model_section: dict, key: jax.Array
+) -> nn.FlaxModel:
+    """The comparison's model for one method: the built-in MLP with the method's activation, or
+    the config's own class (``model: {class: "module:Name", ...}``)."""
+    if models.is_custom(model_section):
+        return models.build_model(model_section, dataset.num_features, dataset.num_classes, key)
+    return nn.mlp(
         dataset.num_features,
         dataset.num_classes,
         model_section["hidden"],
         method.activation,
-        key=jax.random.fold_in(seed_key, 0),
+        key=key,
         api=model_section["api"],
     )
+
+
+def build_method(
+    method: MethodConfig,
+    dataset: Dataset,
+    model_section: dict,
+    seed: int,
+    *,
+    subset_seed: int | None = None,
+) -> MethodSetup:
+    """The model, step function and initial state of one method (nothing is compiled).
+
+    ``subset_seed`` draws a ``fitness_subset`` (default ``seed``); the step function depends
+    on it, never on ``seed``, so the seeds of one method can share it."""
+    seed_key = jax.random.key(seed)
+    model = method_model(method, dataset, model_section, jax.random.fold_in(seed_key, 0))
     batch_size = method.batch_size
-    examples = dataset.num_train if batch_size is None else batch_size
-    fitness = nn.dataset_fitness(model, method.loss, dataset.x_train, dataset.y_train, batch_size)
+    x_train, y_train = dataset.x_train, dataset.y_train
+    if method.gradient_free and method.fitness_subset is not None:
+        index = fitness_subset_indices(
+            dataset.num_train,
+            method.fitness_subset,
+            seed if subset_seed is None else subset_seed,
+            method.label,
+        )
+        x_train, y_train, batch_size = x_train[index], y_train[index], None
+    examples = int(x_train.shape[0]) if batch_size is None else batch_size
+    fitness = nn.dataset_fitness(model, method.loss, x_train, y_train, batch_size)
     metrics = classifier_metrics(model, dataset)
+    if batch_size is not None:
+        evaluation = f"minibatch of {batch_size}"
+    elif method.gradient_free and method.fitness_subset is not None:
+        evaluation = f"fixed subset of {examples}"
+    else:
+        evaluation = f"whole training set ({examples})"
     if method.gradient_free:
         es = build_strategy(method.strategy)
+        per_generation = es.capabilities.evaluations_per_generation or es.population_size
+        counted = es.capabilities.count_evaluations is not None
         return MethodSetup(
             model=model,
-            step_fn=make_generation(
+            # Fused population forward for low-rank ES; the loop's generation otherwise.
+            step_fn=lowrank.make_generation(
                 es,
                 fitness,
                 batch_size=method.population_batch_size,
@@ -358,9 +581,13 @@ def build_method(
             counter=lambda s: s.generation,
             evaluate=lambda s: metrics(s.unravel(es.solution(s))),
             solution=lambda s: s.unravel(es.solution(s)),
-            forward_passes_per_step=es.population_size * examples,
+            # Nominal (a budget's unit); what was spent is the strategy's own count below.
+            forward_passes_per_step=per_generation * examples,
             examples_per_step=examples,
-            description=f"{method.strategy['name']}, population {es.population_size}",
+            description=f"{method.strategy['name']}, population {es.population_size}"
+            + (" (evaluations counted by its sequential rule)" if counted else ""),
+            count_forward_passes=lambda s: int(jax.device_get(s.evaluations)) * examples,
+            evaluation=evaluation,
         )
     if method.elm is not None:
         init, step = elm_trainer(model, dataset, **method.elm)
@@ -376,6 +603,9 @@ def build_method(
             forward_passes_per_step=dataset.num_train,
             examples_per_step=dataset.num_train,
             description=f"ELM, ridge readout (λ = {method.elm.get('ridge', 1e-3)})",
+            # Spent at step 0 only, however many steps are run.
+            count_forward_passes=lambda s: dataset.num_train * int(jax.device_get(s.step) > 0),
+            evaluation=f"whole training set ({dataset.num_train}), once",
         )
     trainer = optax_trainer(fitness, build_optimizer(method.optimizer), method.label)
     return MethodSetup(
@@ -388,7 +618,34 @@ def build_method(
         forward_passes_per_step=(1 + BACKWARD_COST_IN_FORWARDS) * examples,
         examples_per_step=examples,
         description=f"optax.{method.optimizer['name']} (backprop)",
+        evaluation=evaluation,
     )
+
+
+def resolve_steps(method: MethodConfig, setup: MethodSetup, budget: int | None) -> MethodConfig:
+    """``method`` with its steps set from the forward-pass ``budget`` when it has none:
+    ``budget // forward_passes_per_step``, so it spends the budget to within one step."""
+    if method.steps is not None:
+        return method
+    if budget is None:
+        raise ValueError(f"method {method.label!r} needs 'generations' or 'steps'")
+    if setup.count_forward_passes is not None and method.gradient_free:
+        es = build_strategy(method.strategy)
+        if es.capabilities.count_evaluations is not None:
+            raise ValueError(
+                f"method {method.label!r} ({es.name}) counts its evaluations per generation as "
+                "it goes, so the forward_pass_budget cannot fix its generations in advance: "
+                "give it 'generations'"
+            )
+    if method.elm is not None:
+        raise ValueError(f"method {method.label!r} (ELM) needs 'steps' (1 solves its readout)")
+    steps = budget // setup.forward_passes_per_step
+    if steps < 1:
+        raise ValueError(
+            f"forward_pass_budget={budget:,} is less than one step of method {method.label!r} "
+            f"({setup.forward_passes_per_step:,} forward passes)"
+        )
+    return dataclasses.replace(method, steps=int(steps), own_budget=False)
 
 
 CHECKPOINT_FILE = "checkpoint.msgpack"
@@ -403,18 +660,25 @@ def _method_fingerprint(
     task: dict,
     target_accuracy: float,
     stop_at_target: bool,
+    extra: dict | None = None,
 ) -> dict:
     # Everything that changes a method's trajectory or where it ends; resuming requires all of
-    # it to agree.
+    # it to agree. The study keys enter only when set, so older runs still resume.
+    fields = dataclasses.asdict(method)
+    fields.pop("own_budget")
+    for key in ("fitness_subset", "skip"):
+        if fields[key] is None:
+            fields.pop(key)
     return json.loads(
         json.dumps(
             {
-                "method": dataclasses.asdict(method),
+                "method": fields,
                 "model": model_section,
                 "seed": seed,
                 "task": task,
                 "target_accuracy": target_accuracy,
                 "stop_at_target": stop_at_target,
+                **(extra or {}),
             },
             default=str,
         )
@@ -468,6 +732,9 @@ def run_method(
     resume: bool = False,
     task: dict | None = None,
     setup: MethodSetup | None = None,
+    subset_seed: int | None = None,
+    validation: dict | None = None,
+    compiled: dict | None = None,
 ) -> dict:
     """Train one method and return its summary (with ``history``: the evaluation rows).
 
@@ -485,17 +752,29 @@ def run_method(
     summary or checkpoint written under a different method, model, seed, task, target or
     ``stop_at_target`` is refused. Without ``resume`` the folder's earlier summary and
     checkpoints are removed first.
+
+    ``subset_seed`` draws the method's ``fitness_subset`` (default ``seed``), ``validation``
+    records the validation split the dataset was cut with (in the fingerprint) and ``compiled``
+    is :func:`~esjax.baselines.timed_run`'s shared cache of compiled chunks (for seeds of one
+    method built with the same ``setup.step_fn``).
     """
+    if method.steps is None:
+        raise ValueError(f"method {method.label!r} has no steps yet: see resolve_steps")
     if checkpoint_every is not None:
         checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
         if method_dir is None:
             raise ValueError("checkpoint_every needs a method_dir to write checkpoints to")
     if setup is None:
-        setup = build_method(method, dataset, model_section, seed)
+        setup = build_method(method, dataset, model_section, seed, subset_seed=subset_seed)
     stop = (lambda row: row["test_accuracy"] >= target_accuracy) if stop_at_target else None
     method_dir = None if method_dir is None else Path(method_dir)
+    extra = {}
+    if method.fitness_subset is not None:
+        extra["subset_seed"] = seed if subset_seed is None else subset_seed
+    if validation is not None:
+        extra["validation"] = validation
     fingerprint = _method_fingerprint(
-        method, model_section, seed, task or {}, target_accuracy, stop_at_target
+        method, model_section, seed, task or {}, target_accuracy, stop_at_target, extra
     )
     state, history, previous_compile = setup.state, None, 0.0
     if method_dir is not None and not resume:
@@ -537,6 +816,8 @@ def run_method(
         description=method.label,
         history=history,
         on_chunk=None if checkpoint_every is None else on_chunk,
+        count_forward_passes=setup.count_forward_passes,
+        compiled=compiled,
     )
     final = result.history[-1]
     summary = {
@@ -547,7 +828,9 @@ def run_method(
         "activation": method.activation,
         "num_params": setup.model.num_params,
         "batch_size": setup.examples_per_step,
+        "evaluation": setup.evaluation,
         "steps": result.steps,
+        "own_budget": method.own_budget,
         "forward_passes_per_step": setup.forward_passes_per_step,
         "forward_passes": final["forward_passes"],
         "wall_clock_s": final["wall_clock_s"],
@@ -605,7 +888,7 @@ def run_comparison(
     run_dir = Path(output_dir or config.output_dir) / config.name
     outputs = ("summary.json", "comparison.md", "scaling", *(m.label for m in config.methods))
     claim_run_dir(run_dir, outputs, resume=resume, overwrite=overwrite)
-    dataset = load_task(config.task)
+    dataset = load_task(config.task, config.validation)
     context = {
         "name": config.name,
         "task": dataset.name,
@@ -615,30 +898,38 @@ def run_comparison(
         "target_accuracy": config.target_accuracy,
         "seed": config.seed,
     }
+    if config.seeds is not None:
+        context["seeds"] = list(config.seeds)
+    if config.validation is not None:
+        context["evaluated_on"] = "validation"
+        context["validation"] = config.validation
+    if config.forward_pass_budget is not None:
+        context["forward_pass_budget"] = config.forward_pass_budget
     summaries, scaling_rows = [], None
     resumable = {
         "checkpoint_every": checkpoint_every,
         "resume": resume,
         "task": config.task,
+        "validation": config.validation,
     }
     if config.scaling is not None:
         scaling_rows = run_scaling(config, dataset, run_dir, progress=progress, **resumable)
     else:
         for method in config.methods:
-            summary = run_method(
-                method,
-                dataset,
-                config.model,
-                config.seed,
-                target_accuracy=config.target_accuracy,
-                stop_at_target=config.stop_at_target,
-                progress=progress,
-                method_dir=run_dir / method.label,
-                **resumable,
+            if method.skip is not None:
+                summaries.append(_skipped_summary(method, dataset, config.model))
+                continue
+            summaries.append(
+                _run_seeds(config, method, dataset, run_dir, progress=progress, **resumable)
             )
-            report.write_metrics_csv(run_dir / method.label / "metrics.csv", summary["history"])
-            summaries.append(summary)
-        report.plot_accuracy(summaries, run_dir, config.target_accuracy, context)
+        ran = [s for s in summaries if "skipped" not in s]
+        if ran:
+            report.plot_accuracy(ran, run_dir, config.target_accuracy, context)
+        if config.answer is not None:
+            context["answer_reference"] = config.answer["reference"]
+            context["answer"] = report.answer_paragraph(
+                summaries, context, config.answer["reference"]
+            )
         report.write_comparison_md(run_dir / "comparison.md", context, summaries)
     write_json(
         run_dir / "summary.json",
@@ -651,6 +942,118 @@ def run_comparison(
         },
     )
     return {"run_dir": str(run_dir), "methods": summaries, "scaling": scaling_rows}
+
+
+def _skipped_summary(method: MethodConfig, dataset: Dataset, model_section: dict) -> dict:
+    model = method_model(method, dataset, model_section, jax.random.key(0))
+    return {
+        "label": method.label,
+        "kind": method.kind,
+        "description": f"not run: {method.skip}",
+        "skipped": method.skip,
+        "num_params": model.num_params,
+        "steps": method.steps,
+    }
+
+
+def _run_seeds(
+    config: ComparisonConfig,
+    method: MethodConfig,
+    dataset: Dataset,
+    run_dir: Path,
+    *,
+    progress: bool,
+    **resumable,
+) -> dict:
+    """One method at every seed (its steps resolved from the budget once); the per-seed
+    summary without a ``seeds`` list, else the aggregate (:func:`aggregate_seeds`)."""
+    seeds, subset_seed = config.run_seeds, config.run_seeds[0]
+    first, compiled, per_seed = None, {}, []
+    for seed in seeds:
+        setup = build_method(method, dataset, config.model, seed, subset_seed=subset_seed)
+        if first is None:
+            first, method = setup, resolve_steps(method, setup, config.forward_pass_budget)
+        else:  # the same step function (it depends on the subset, not the seed): compile once
+            setup = setup._replace(step_fn=first.step_fn, evaluate=first.evaluate)
+        method_dir = run_dir / method.label
+        if config.seeds is not None:
+            method_dir = method_dir / f"seed_{seed}"
+        summary = run_method(
+            method,
+            dataset,
+            config.model,
+            seed,
+            target_accuracy=config.target_accuracy,
+            stop_at_target=config.stop_at_target,
+            progress=progress,
+            method_dir=method_dir,
+            setup=setup,
+            subset_seed=subset_seed,
+            compiled=compiled,
+            **resumable,
+        )
+        report.write_metrics_csv(method_dir / "metrics.csv", summary["history"])
+        per_seed.append({**summary, "seed": seed})
+    if config.seeds is None:
+        return per_seed[0]
+    aggregate = aggregate_seeds(per_seed, config.target_accuracy)
+    report.write_metrics_csv(run_dir / method.label / "metrics.csv", aggregate["history"])
+    return aggregate
+
+
+def _mean(values: list[float]) -> float:
+    return float(sum(values) / len(values))
+
+
+def _std(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = _mean(values)
+    return float((sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5)
+
+
+def aggregate_seeds(per_seed: list[dict], target_accuracy: float) -> dict:
+    """One method's summary over seeds: means of the numbers, the sample standard deviation
+    and range of the final test accuracy, the mean evaluation curve as ``history`` (when every
+    seed was evaluated at the same steps; else the first seed's) and ``per_seed``."""
+    first = per_seed[0]
+    histories = [s["history"] for s in per_seed]
+    aligned = all(
+        [r["step"] for r in h] == [r["step"] for r in histories[0]] for h in histories[1:]
+    )
+    if aligned:
+        history = [
+            {key: _mean([h[i][key] for h in histories]) for key in rows}
+            for i, rows in enumerate(histories[0])
+        ]
+    else:
+        history = histories[0]
+    accuracies = [s["final_test_accuracy"] for s in per_seed]
+    passes = [s["forward_passes"] for s in per_seed]
+    seconds = [s["wall_clock_s"] for s in per_seed]
+    return {
+        **{k: first[k] for k in first if k not in ("history", "seed", "target")},
+        "steps": first["steps"]
+        if all(s["steps"] == first["steps"] for s in per_seed)
+        else _mean([s["steps"] for s in per_seed]),
+        "forward_passes": _mean(passes),
+        "forward_passes_min": min(passes),
+        "forward_passes_max": max(passes),
+        "wall_clock_s": _mean(seconds),
+        "wall_clock_std": _std(seconds),
+        "compile_s": float(sum(s["compile_s"] for s in per_seed)),
+        "final_test_accuracy": _mean(accuracies),
+        "test_accuracy_std": _std(accuracies),
+        "test_accuracy_min": min(accuracies),
+        "test_accuracy_max": max(accuracies),
+        "final_test_loss": _mean([s["final_test_loss"] for s in per_seed]),
+        "best_test_accuracy": _mean([s["best_test_accuracy"] for s in per_seed]),
+        "target": report.time_to_target(history, target_accuracy),
+        "seeds_reaching_target": sum(s["target"] is not None for s in per_seed),
+        "seeds": [s["seed"] for s in per_seed],
+        "per_seed": [_without_history(s) for s in per_seed],
+        "history": history,
+    }
 
 
 def run_scaling(
@@ -670,11 +1073,14 @@ def run_scaling(
         tag = "x".join(str(width) for width in hidden) or "linear"
         for method in config.methods:
             method_dir = run_dir / "scaling" / f"{method.label}_hidden_{tag}"
+            setup = build_method(method, dataset, model_section, config.seed)
+            method = resolve_steps(method, setup, config.forward_pass_budget)
             summary = run_method(
                 method,
                 dataset,
                 model_section,
                 config.seed,
+                setup=setup,
                 target_accuracy=config.target_accuracy,
                 stop_at_target=config.stop_at_target,
                 progress=progress,
@@ -712,11 +1118,15 @@ __all__ = [
     "MethodConfig",
     "MethodSetup",
     "TOP_KEYS",
+    "aggregate_seeds",
     "build_method",
+    "fitness_subset_indices",
     "load_comparison",
     "load_task",
     "parse_comparison",
+    "resolve_steps",
     "run_comparison",
     "run_method",
     "run_scaling",
+    "validation_split",
 ]

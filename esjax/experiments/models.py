@@ -91,6 +91,8 @@ def build_model(
             key=key,
             api=section["api"],
         )
+    if config_dir is None:
+        config_dir = section.get("_config_dir")  # set by the config loader: the file's folder
     cls = resolve_callable(section["class"], f"{where}.class", config_dir)
     is_linen = isinstance(cls, type) and issubclass(cls, linen.Module)
     is_nnx = isinstance(cls, type) and issubclass(cls, nnx.Module)
@@ -99,7 +101,7 @@ def build_model(
             f"{where}.class must name a flax.linen.Module or flax.nnx.Module subclass, got "
             f"{section['class']!r} ({type(cls).__name__})"
         )
-    kwargs = {name: value for name, value in section.items() if name != "class"}
+    kwargs = {k: v for k, v in section.items() if k != "class" and not k.startswith("_")}
     accepted = _constructor_arguments(cls)
     for name, value in zip(SIZE_ARGUMENTS, (num_inputs, num_outputs), strict=True):
         if name not in kwargs and (accepted is None or name in accepted):

@@ -14,12 +14,20 @@ from pathlib import Path
 ACCOUNTING_NOTE = (
     "Wall-clock is training time only: it excludes compilation (each scanned chunk is compiled "
     "ahead of time; compile time is listed separately) and the periodic evaluation. Forward "
-    "passes count per-example network evaluations: population size × batch size per ES "
-    "generation, and 3 × batch size per gradient step (the backward pass counted as 2 forward "
-    "passes). Test loss is the cross-entropy for every method, whatever loss it trains on. Time "
+    "passes count per-example network evaluations: a gradient-free method's counted fitness "
+    "evaluations × the examples each member is scored on (population size × batch size per "
+    "generation for most strategies), and 3 × batch size per gradient step (the backward pass "
+    "counted as 2 forward passes). Test loss is the cross-entropy for every method, whatever "
+    "loss it trains on. Time "
     "to target is the first evaluation at or above the target accuracy, so it is resolved to "
     "the evaluation interval. Gradient-free methods are evaluated at their search "
     "mean where they have one, otherwise at their best member so far."
+)
+COUNTED_NOTE = (
+    "A gradient-free method's forward passes are its strategy's own count of fitness "
+    "evaluations (state.evaluations; for Nelder-Mead the points its sequential rule would have "
+    "evaluated, not the speculative rows it asks for in parallel) × the examples each member "
+    "is scored on; ELM's are one pass per training example, spent once."
 )
 
 
@@ -30,6 +38,17 @@ def time_to_target(history: list[dict], target: float) -> dict | None:
         if row["test_accuracy"] >= target:
             return {k: row[k] for k in ("step", "wall_clock_s", "forward_passes")}
     return None
+
+
+def model_description(model: dict, detail: bool = False) -> str:
+    """``MLP (hidden [32])`` for the built-in model, the class reference for one of your own;
+    ``detail`` adds the activation and API of the MLP."""
+    if "class" in model:
+        return f"model {model['class']}"
+    text = f"MLP (hidden {model.get('hidden')})"
+    if detail:
+        text += f", activation {model.get('activation')} ({model.get('api')})"
+    return text
 
 
 def write_metrics_csv(path: Path, history: list[dict]) -> None:
@@ -50,8 +69,73 @@ def _count(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _budget(s: dict) -> str:
+    steps = f"{s['steps']:,}" if isinstance(s["steps"], int) else f"{s['steps']:.1f}"
+    return steps + ("" if s.get("own_budget", True) else " (shared)")
+
+
+def seeds_table(summaries: list[dict], target: float, reference: str | None = None) -> str:
+    """A Markdown table of multi-seed summaries (:func:`esjax.experiments.compare
+    .aggregate_seeds`): test accuracy as mean ± sample std (min–max), mean forward passes,
+    wall-clock and cost to the target; with ``reference`` (a label), the reference's forward
+    passes to each method's mean final accuracy and the ratio. Skipped methods keep a row."""
+    ref = next((s for s in summaries if s["label"] == reference and "skipped" not in s), None)
+    header = (
+        "| method | kind | steps (budget) | test acc mean ± std (min–max) | forward passes "
+        f"| wall-clock (s) | compile (s) | seeds to {target:.0%} "
+        f"| passes to {target:.0%} (mean curve) "
+    )
+    columns = 9
+    if ref is not None:
+        header += f"| {reference} passes to the same acc | passes ÷ {reference}'s "
+        columns += 2
+    lines = [header + "|", "|" + "---|" * columns]
+    for s in summaries:
+        if "skipped" in s:
+            lines.append(
+                f"| {s['label']} | {s['kind']} | not run | {s['skipped']} "
+                + "| – " * (columns - 4)
+                + "|"
+            )
+            continue
+        hit = s["target"]
+        seeds = s.get("seeds", [None])
+        row = (
+            f"| {s['label']} | {s['kind']} | {_budget(s)} "
+            f"| {s['final_test_accuracy']:.2%} ± {s.get('test_accuracy_std', 0.0):.2%} "
+            f"({s.get('test_accuracy_min', s['final_test_accuracy']):.1%}–"
+            f"{s.get('test_accuracy_max', s['final_test_accuracy']):.1%}) "
+            f"| {_count(s['forward_passes'])} | {s['wall_clock_s']:.2f} | {s['compile_s']:.1f} "
+            f"| {s.get('seeds_reaching_target', int(hit is not None))}/{len(seeds)} "
+            f"| {'not reached' if hit is None else _count(hit['forward_passes'])} "
+        )
+        if ref is not None:
+            same = passes_to_accuracy(ref["history"], s["final_test_accuracy"])
+            if s is ref:
+                row += "| – | – "
+            elif same is None:
+                row += "| never | – "
+            elif same == 0:
+                row += "| at start | – "
+            else:
+                row += f"| {_count(same)} | {s['forward_passes'] / max(same, 1):.3g}× "
+        lines.append(row + "|")
+    return "\n".join(lines)
+
+
+def passes_to_accuracy(history: list[dict], accuracy: float) -> float | None:
+    """Forward passes at the first evaluation row with ``test_accuracy >= accuracy``."""
+    for row in history:
+        if row["test_accuracy"] >= accuracy:
+            return row["forward_passes"]
+    return None
+
+
 def summary_table(summaries: list[dict], target: float) -> str:
-    """A Markdown table: one row per method with accuracy, loss, time, passes and target."""
+    """A Markdown table: one row per method with accuracy, loss, time, passes and target
+    (:func:`seeds_table` when the summaries hold several seeds or skipped methods)."""
+    if any("seeds" in s or "skipped" in s for s in summaries):
+        return seeds_table(summaries, target)
     header = (
         "| method | kind | params | steps | test acc | test loss | wall-clock (s) | compile (s) "
         f"| forward passes | time to {target:.0%} (s) | steps to {target:.0%} "
@@ -75,31 +159,57 @@ def summary_table(summaries: list[dict], target: float) -> str:
 
 
 def write_comparison_md(path: Path, context: dict, summaries: list[dict]) -> None:
-    """``comparison.md``: setup, the summary table, per-method details, accounting, plots."""
+    """``comparison.md``: setup, the summary table, per-method details, accounting, plots
+    (and the answer paragraph when ``context`` holds one)."""
     target = context["target_accuracy"]
     model = context["model"]
+    held_out = "validation" if context.get("evaluated_on") == "validation" else "test"
+    multi = any("seeds" in s or "skipped" in s for s in summaries)
+    seeds = context.get("seeds")
+    start = (
+        f"every method starts from the same parameters (seed {context['seed']})"
+        if seeds is None
+        else f"{len(seeds)} seeds {seeds}; within a seed every method starts from the same "
+        "parameters. Accuracies are mean ± sample standard deviation (min–max) over seeds; "
+        "passes and wall-clock are means"
+    )
     lines = [
         f"# {context['name']}",
         "",
-        f"Task: {context['task']} ({context['num_train']} train / {context['num_test']} test). "
-        f"Model: MLP hidden={model['hidden']} activation={model['activation']} "
-        f"({model['api']}); every method starts from the same parameters (seed "
-        f"{context['seed']}). Target test accuracy: {target:.0%}.",
+        f"Task: {context['task']} ({context['num_train']} train / {context['num_test']} "
+        f"{held_out}). Model: {model_description(model, detail=True)}; {start}. "
+        f"Target {held_out} accuracy: {target:.0%}."
+        + (
+            ""
+            if "forward_pass_budget" not in context
+            else f" Shared budget: {context['forward_pass_budget']:,} forward passes per method "
+            "(steps marked 'shared'; the others have their own, stated in their rows)."
+        ),
         "",
-        summary_table(summaries, target),
+    ]
+    if context.get("answer"):
+        lines += ["## Answer", "", context["answer"], ""]
+    reference = (context.get("answer_reference") or "adam") if multi else None
+    lines += [
+        seeds_table(summaries, target, reference) if multi else summary_table(summaries, target),
         "",
-        "| method | how | loss | activation | batch | forward passes / step | best test acc |",
+        "| method | how | loss | activation | scored on | forward passes / step | best test acc |",
         "|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
+        if "skipped" in s:
+            lines.append(f"| {s['label']} | {s['description']} | – | – | – | – | – |")
+            continue
         lines.append(
             f"| {s['label']} | {s['description']} | {s['loss']} | {s['activation']} "
-            f"| {s['batch_size']} | {s['forward_passes_per_step']:,} "
+            f"| {s.get('evaluation') or s['batch_size']} | {s['forward_passes_per_step']:,} "
             f"| {s['best_test_accuracy']:.2%} |"
         )
     lines += [
         "",
         ACCOUNTING_NOTE,
+        "",
+        COUNTED_NOTE,
         "",
         "![test accuracy vs wall-clock](accuracy_vs_wall_clock.png)",
         "",
@@ -107,6 +217,138 @@ def write_comparison_md(path: Path, context: dict, summaries: list[dict]) -> Non
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def _acc(s: dict) -> str:
+    spread = s.get("test_accuracy_std")
+    return f"{s['final_test_accuracy']:.1%}" + ("" if spread is None else f" ± {spread:.1%}")
+
+
+def _names(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def answer_paragraph(summaries: list[dict], context: dict, reference: str) -> str:
+    """The study's answer, written from its numbers: which methods reached which accuracy at
+    which cost, and each one's ratio to the ``reference`` method (its forward passes divided by
+    the forward passes the reference needed to reach the same mean accuracy)."""
+    held_out = "validation" if context.get("evaluated_on") == "validation" else "test"
+    target = context["target_accuracy"]
+    ran = [s for s in summaries if "skipped" not in s]
+    ref = next((s for s in ran if s["label"] == reference), None)
+    if ref is None:
+        return f"No answer: the reference method {reference!r} did not run."
+    free = sorted(
+        (s for s in ran if s["kind"] == "gradient-free"),
+        key=lambda s: s["final_test_accuracy"],
+        reverse=True,
+    )
+    seeds = context.get("seeds") or [context.get("seed")]
+    budget = context.get("forward_pass_budget")
+    params = ref["num_params"]
+    parts = [
+        f"On {context['task']}, a {params:,}-parameter {model_description(context['model'])} "
+        f"was trained by {len(ran)} methods from the same initial parameters per seed, "
+        f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} each"
+        + (
+            f", every gradient-free method with the same {_count(budget)} forward passes unless "
+            "its row says otherwise"
+            if budget
+            else ""
+        )
+        + f". {reference} reached {_acc(ref)} {held_out} accuracy with "
+        f"{_count(ref['forward_passes'])} forward passes in {ref['wall_clock_s']:.1f} s"
+        + (
+            ""
+            if ref["target"] is None
+            else f" (its mean curve crossed {target:.0%} after "
+            f"{_count(ref['target']['forward_passes'])})"
+        )
+        + "."
+    ]
+
+    def ratio(s: dict) -> str:
+        same = passes_to_accuracy(ref["history"], s["final_test_accuracy"])
+        if same is None:
+            return f"{reference} never reached that accuracy"
+        if same == 0:
+            return f"no better than {reference}'s starting point"
+        return (
+            f"{s['forward_passes'] / max(same, 1):.3g}× the forward passes {reference} needed for "
+            "the same accuracy"
+        )
+
+    if free:
+        best = free[:3]
+        parts.append(
+            "The best gradient-free methods were "
+            + "; ".join(
+                f"{s['label']} {_acc(s)} ({_count(s['forward_passes'])} passes, "
+                f"{s['wall_clock_s']:.1f} s: {ratio(s)})"
+                for s in best
+            )
+            + "."
+        )
+        reached = [s["label"] for s in free if s["final_test_accuracy"] >= target]
+        parts.append(
+            f"{len(reached)} of {len(free)} gradient-free methods ended at or above {target:.0%}"
+            + (f" ({_names(reached)})" if reached else "")
+            + f"; the worst, {free[-1]['label']}, ended at {_acc(free[-1])}."
+        )
+        subset = [s for s in free if str(s.get("evaluation", "")).startswith("fixed subset")]
+        if subset:
+            parts.append(
+                f"The methods scored on one fixed subset ({_names([s['label'] for s in subset])}) "
+                f"ended between {subset[-1]['final_test_accuracy']:.1%} ({subset[-1]['label']}) "
+                f"and {subset[0]['final_test_accuracy']:.1%} ({subset[0]['label']})."
+            )
+        stalled = [
+            s["label"]
+            for s in free
+            if s["history"] and s["final_test_accuracy"] - s["history"][0]["test_accuracy"] < 0.05
+        ]
+        if stalled:
+            parts.append(f"{_names(stalled)} moved less than 5 points from its start.")
+        simplex = [s for s in free if str(s.get("description", "")).startswith("nelder_mead")]
+        for s in simplex:
+            evaluations = s["forward_passes"] / max(s["batch_size"], 1)
+            parts.append(
+                f"{s['label']} spent {params + 1:,} of its {evaluations:,.0f} counted evaluations "
+                "on its initial simplex alone (n + 1 points)."
+            )
+    own = [s["label"] for s in free if s.get("own_budget", True)]
+    if budget and own:
+        parts.append(f"With a budget of their own (see their rows): {_names(own)}.")
+    for s in ran:
+        if s["kind"] == "least-squares readout":
+            parts.append(
+                f"{s['label']} (a least-squares readout of the random hidden layer) reached "
+                f"{_acc(s)} with {_count(s['forward_passes'])} forward passes ({ratio(s)})."
+            )
+    skipped = [s for s in summaries if "skipped" in s]
+    if skipped:
+        parts.append(
+            "Not run: " + "; ".join(f"{s['label']} ({s['skipped']})" for s in skipped) + "."
+        )
+    if free:
+        works = [s["label"] for s in free if s["final_test_accuracy"] >= target]
+        partly = [s["label"] for s in free if 0.5 <= s["final_test_accuracy"] < target]
+        fails = [s["label"] for s in free if s["final_test_accuracy"] < 0.5]
+        lowest = min((s["final_test_accuracy"] for s in free if s["label"] in works), default=0.0)
+        gap = ref["final_test_accuracy"] - lowest
+        verdict = [
+            f"works for {_names(works)} (at or above {target:.0%}, within {gap:.1%} of {reference})"
+            if works
+            else "",
+            f"half works for {_names(partly)} (50% to {target:.0%})" if partly else "",
+            f"fails for {_names(fails)} (below 50%)" if fails else "",
+        ]
+        parts.append(
+            f"So at {params:,} parameters and this budget, gradient-free training "
+            + "; ".join(v for v in verdict if v)
+            + "."
+        )
+    return " ".join(parts)
 
 
 def _figure(width: float = 6.4, height: float = 4.4, columns: int = 1):
@@ -233,7 +475,7 @@ def plot_accuracy(
     title = ""
     if context is not None:
         sizes = {s.get("num_params") for s in summaries} - {None}
-        model = f"MLP {context.get('model', {}).get('hidden')}"
+        model = model_description(context.get("model", {}))
         if len(sizes) == 1:
             model += f", {sizes.pop():,} parameters"
         title = f"{context.get('task', '')}: {model} · {machine_description()}"
@@ -314,7 +556,12 @@ def write_scaling(run_dir: Path, rows: list[dict], target: float) -> None:
 
 
 __all__ = [
+    "model_description",
     "ACCOUNTING_NOTE",
+    "COUNTED_NOTE",
+    "answer_paragraph",
+    "passes_to_accuracy",
+    "seeds_table",
     "SCALING_COLUMNS",
     "EXTRA_COLOURS",
     "METHOD_COLOURS",
