@@ -1,4 +1,4 @@
-"""Command line: ``esjax run``, ``esjax compare`` and ``esjax launch``."""
+"""Command line: ``esjax run``, ``esjax compare``, ``esjax sweep`` and ``esjax launch``."""
 
 from __future__ import annotations
 
@@ -179,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare_parser.add_argument("--quiet", action="store_true", help="no progress bars")
     compare_parser.set_defaults(handler=_compare)
+    from esjax.experiments.sweep import add_sweep_command
+
+    add_sweep_command(commands)
     return parser
 
 

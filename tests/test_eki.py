@@ -503,3 +503,19 @@ def test_digits_mlp_eki_needs_fewer_forward_passes_than_openai_es(digits):
     print(f"OpenAI-ES: {es_passes} forward passes to {TARGET_ACCURACY}: {es_history}")
     assert es_passes is None, es_history
     assert es_history[-1][0] == budget
+
+
+def test_an_overflowing_kalman_step_is_nan_not_a_hang():
+    # An anomaly that overflowed (inf) reaches the QR; LAPACK's SVD of the resulting factor
+    # loops forever on an inf entry (measured), so the step must not call it on one.
+    from esjax.strategies.eki import _kalman_coefficients
+
+    # One output: the QR of the (1, J) block is the row itself, so the factor holds inf (and
+    # no NaN, with which the SVD would return).
+    anomalies = jnp.ones((4, 1)).at[0, 0].set(jnp.inf)
+    ones = jnp.ones((4, 5))
+    coefficients = jax.jit(_kalman_coefficients)(
+        anomalies, jnp.ones((4, 1)), ones, ones, jnp.float32(1.0), jnp.float32(1.0)
+    )
+    assert coefficients.shape == (4, 4)
+    assert np.all(np.isnan(np.asarray(coefficients)))

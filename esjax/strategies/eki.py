@@ -249,7 +249,13 @@ def _kalman_coefficients(
     data_q, data_r = jnp.linalg.qr(data_anomalies.T)  # B̃ᵀ = Q₁ R₁: (m, k₁), (k₁, J)
     prior_q, prior_r = jnp.linalg.qr(prior_anomalies.T)  # ΔUᵀ = Q₂ R₂: (d, k₂), (k₂, J)
     factors = jnp.concatenate([data_r, jnp.sqrt(tikhonov) * prior_r])  # [R₁; √λ R₂]
+    # LAPACK's SVD (gesdd) does not return on an inf entry (it loops; measured on CPU), and
+    # anomalies that overflow the QR give inf: it gets a finite stand-in and the step is NaN,
+    # so the ensemble and then the fitness report the overflow instead of a hang.
+    finite = jnp.all(jnp.isfinite(factors))
+    factors = jnp.where(finite, factors, jnp.zeros((), factors.dtype))
     rotation, singular, right = jnp.linalg.svd(factors, full_matrices=False)  # P, s, Vᵀ
+    singular = jnp.where(finite, singular, jnp.nan)
     # Wᵀ Fᵀ = Pᵀ [Q₁ᵀ Ẽᵀ; Q₂ᵀ F_pᵀ]: (k, J).
     projected = rotation.T @ jnp.concatenate(
         [data_q.T @ data_innovations.T, prior_q.T @ prior_innovations.T]
