@@ -103,6 +103,7 @@ from esjax.experiments.config import (
     SEED_RANGE,
     build_optimizer,
     build_strategy,
+    select_methods,
     validate_strategy_section,
 )
 from esjax.experiments.outputs import check_run_name, claim_run_dir, read_yaml, write_json
@@ -408,16 +409,7 @@ def parse_comparison(
     )
     for method in parsed:
         check_run_name(method.label, f"label of method {method.label!r}")
-    labels = [m.label for m in parsed]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"method labels must be unique, got {labels}")
-    if methods:
-        unknown = sorted(set(methods) - set(labels))
-        if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; the config has {labels}")
-        parsed = tuple(m for m in parsed if m.label in methods)
-    if not parsed:
-        raise ValueError("methods must list at least one method")
+    parsed, labels = select_methods(parsed, methods)
     if answer is not None and answer["reference"] not in labels:
         raise ValueError(
             f"answer.reference {answer['reference']!r} is not a method label; the config has "

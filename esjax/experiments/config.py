@@ -125,6 +125,23 @@ def _renamed_keys(raw: dict) -> dict:
     return raw
 
 
+def select_methods(parsed: tuple, wanted: list[str] | None) -> tuple[tuple, list[str]]:
+    """``(the methods named in wanted (all for None), every label)`` of a config's parsed
+    methods (anything with a ``label``): labels must be unique, ``wanted`` must name only
+    labels the config has, and at least one method must remain."""
+    labels = [m.label for m in parsed]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"method labels must be unique, got {labels}")
+    if wanted:
+        unknown = sorted(set(wanted) - set(labels))
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; the config has {labels}")
+        parsed = tuple(m for m in parsed if m.label in wanted)
+    if not parsed:
+        raise ValueError("methods must list at least one method")
+    return parsed, labels
+
+
 def parse_config(raw: dict, config_dir: str | Path | None = None) -> ExperimentConfig:
     """Validate a config dict (as loaded from YAML) and build an :class:`ExperimentConfig`.
 
@@ -346,6 +363,7 @@ def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
 __all__ = [
     "NOISE_KEYS",
     "RENAMED_KEYS",
+    "select_methods",
     "ExperimentConfig",
     "RESIDUAL_STRATEGIES",
     "SEED_RANGE",

@@ -83,6 +83,7 @@ from esjax.experiments.config import (
     RESIDUAL_STRATEGIES,
     SEED_RANGE,
     build_strategy,
+    select_methods,
     strategy_factory,
     validate_strategy_section,
 )
@@ -267,16 +268,7 @@ def parse_sweep(raw: dict, *, smoke: bool = False, methods: list[str] | None = N
     parsed = tuple(
         _parse_method(m, f"methods[{i}]", dimensions) for i, m in enumerate(raw["methods"])
     )
-    labels = [m.label for m in parsed]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"method labels must be unique, got {labels}")
-    if methods:
-        unknown = sorted(set(methods) - set(labels))
-        if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; the config has {labels}")
-        parsed = tuple(m for m in parsed if m.label in methods)
-    if not parsed:
-        raise ValueError("methods must list at least one method")
+    parsed, labels = select_methods(parsed, methods)
     tolerance = _number("tolerance", raw.get("tolerance", 1e-3), 0.0, 1.0, open_low=True)
     profile = raw.get("profile_tolerances", [tolerance])
     if not isinstance(profile, list) or not profile:

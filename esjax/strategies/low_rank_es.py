@@ -61,6 +61,7 @@ from esjax.flatten import FlatSpec
 from esjax.prng import NoiseTable, member_normals
 from esjax.strategies.openai_es import (
     check_estimator_arguments,
+    estimator_step,
     shaped_fitness,
     weighted_deviation_sum,
 )
@@ -301,16 +302,8 @@ def low_rank_es(
         # Generic path: Σ u_i (x_i - θ) = σ Σ u_i ε_i over materialised rows, as OpenAI-ES.
         return weighted_deviation_sum(weights, members, state.mean)
 
-    def apply(state: LowRankESState, weighted_sum: jax.Array, fitness: jax.Array):
-        # g = 1/(nσ) Σ u_i ε_i = Σ u_i (x_i - θ) / (nσ²); the fused path hands in σ Σ u_i ε_i.
-        grad = weighted_sum / (population_size * state.sigma**2)
-        updates, opt_state = optimizer.update(grad, state.opt_state, state.mean)
-        sigma = jnp.maximum(state.sigma * state.params.sigma_decay, state.params.sigma_limit)
-        return state.replace(
-            mean=optax.apply_updates(state.mean, updates),
-            sigma=sigma.astype(state.sigma.dtype),
-            opt_state=opt_state,
-        )
+    # OpenAI-ES's step; the fused path hands in the same σ Σ u_i ε_i, formed from the factors.
+    apply = estimator_step(optimizer, population_size)
 
     return make_strategy(
         name="low_rank_es",

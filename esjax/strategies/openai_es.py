@@ -202,6 +202,27 @@ def shaped_fitness(fitness: jax.Array, fitness_shaping: str, dtype) -> jax.Array
     return shaped.astype(dtype)
 
 
+def estimator_step(optimizer: optax.GradientTransformation, population_size: int):
+    """The update ``apply(state, weighted_sum, fitness)`` OpenAI-ES and the strategies built on
+    its estimator share (low-rank ES): the gradient estimate
+    ``g = 1/(nσ) Σ u_i ε_i = Σ u_i (x_i - θ) / (nσ²)`` from the weighted sum, one optimizer
+    step on the mean, and ``σ ← max(σ · sigma_decay, sigma_limit)``. The state needs ``mean``,
+    ``sigma``, ``opt_state`` and ``params.sigma_decay`` / ``params.sigma_limit``."""
+
+    def apply(state, weighted_sum: jax.Array, fitness: jax.Array):
+        del fitness  # the weights already hold it
+        grad = weighted_sum / (population_size * state.sigma**2)
+        updates, opt_state = optimizer.update(grad, state.opt_state, state.mean)
+        sigma = jnp.maximum(state.sigma * state.params.sigma_decay, state.params.sigma_limit)
+        return state.replace(
+            mean=optax.apply_updates(state.mean, updates),
+            sigma=sigma.astype(state.sigma.dtype),
+            opt_state=opt_state,
+        )
+
+    return apply
+
+
 def openai_es(
     population_size: int,
     sigma: float = 0.05,
@@ -279,16 +300,7 @@ def openai_es(
         # Σ u_i (x_i - θ) = σ Σ u_i ε_i, a block of members at a time: no stored noise.
         return weighted_deviation_sum(weights, members, state.mean)
 
-    def apply(state: OpenAIESState, weighted_sum: jax.Array, fitness: jax.Array) -> OpenAIESState:
-        # g = 1/(nσ) Σ u_i ε_i = Σ u_i (x_i - θ) / (nσ²).
-        grad = weighted_sum / (population_size * state.sigma**2)
-        updates, opt_state = optimizer.update(grad, state.opt_state, state.mean)
-        sigma = jnp.maximum(state.sigma * state.params.sigma_decay, state.params.sigma_limit)
-        return state.replace(
-            mean=optax.apply_updates(state.mean, updates),
-            sigma=sigma.astype(state.sigma.dtype),
-            opt_state=opt_state,
-        )
+    apply = estimator_step(optimizer, population_size)
 
     return make_strategy(
         name="openai_es",
@@ -309,6 +321,7 @@ def openai_es(
 
 __all__ = [
     "check_estimator_arguments",
+    "estimator_step",
     "shaped_fitness",
     "OpenAIESParams",
     "OpenAIESState",
