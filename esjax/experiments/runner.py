@@ -123,6 +123,15 @@ def _check_same_start(generation: int, run_dir: Path) -> None:
         )
 
 
+def _run_lengths(start: int, flags: np.ndarray) -> np.ndarray:
+    """After each row, how many consecutive flagged rows end there (``start`` carried in)."""
+    lengths, run = [], start
+    for flag in flags:
+        run = run + 1 if flag else 0
+        lengths.append(run)
+    return np.asarray(lengths, dtype=np.int64)
+
+
 def _stop_reason(es: Strategy, state: StrategyState, nonfinite_stop: int | None) -> str:
     if nonfinite_stop is not None:
         return f"no finite fitness for {nonfinite_stop} generations"
@@ -222,32 +231,26 @@ def run_experiment(
 
     nonfinite = {"run": 0, "stop": None}
 
-    def nonfinite_stop(chunk: dict) -> int | None:
-        """The generation at which the run of all-non-finite generations reaches the limit."""
-        run_length = nonfinite["run"]
-        counts = np.asarray(chunk.get("num_nonfinite", []))
-        for row, count in enumerate(counts):
-            run_length = run_length + 1 if count == es.population_size else 0
-            if stop and run_length >= config.max_nonfinite_generations:
-                nonfinite["stop"] = run_length
-                return int(np.asarray(chunk["generation"])[row])
-        return None
-
     def record(state: StrategyState, chunk: dict) -> int | None:
-        # A stop inside the chunk: esjax.run reruns it to that generation and calls back with
-        # the shorter chunk, which is the one written.
-        if nonfinite["stop"] is None:
-            at = nonfinite_stop(chunk)
-            if at is not None and at < int(state.generation):
-                return at
+        counts = np.asarray(chunk.get("num_nonfinite", []))
+        runs = _run_lengths(nonfinite["run"], counts == es.population_size)
+        if stop and nonfinite["stop"] is None:
+            over = np.flatnonzero(runs >= config.max_nonfinite_generations)
+            if over.size:
+                nonfinite["stop"] = int(runs[over[0]])
+                at = int(np.asarray(chunk["generation"])[over[0]])
+                if at < int(state.generation):
+                    # esjax.run reruns the chunk to that generation and calls back with the
+                    # shorter chunk, which is the one written.
+                    return at
         # Metrics first: every row a checkpoint covers is on disk before the checkpoint is.
         every = config.checkpoint_every
         if writer:
             append_metrics_csv(metrics_path, chunk, sync=bool(every))
         if every and int(state.generation) // every > saved_at[0] // every:
             save_checkpoint(state)
-        for count in np.asarray(chunk.get("num_nonfinite", [])):
-            nonfinite["run"] = nonfinite["run"] + 1 if count == es.population_size else 0
+        if runs.size:
+            nonfinite["run"] = int(runs[-1])
         return int(state.generation) if nonfinite["stop"] is not None else None
 
     state, _ = run(
