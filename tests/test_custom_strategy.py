@@ -68,7 +68,10 @@ def test_evolve_vmapped_over_seeds_equals_separate_runs(mu_lambda_es):
         alone, _ = esjax.evolve(
             es, esjax.problems.sphere, keys[i], es.init(keys[i], jnp.ones(3)), 20
         )
+        # vmap changes how XLA vectorises the reductions, so the two programs may round
+        # differently (measured: 1.1e-8 on a 0.0099 coordinate after 20 generations, under
+        # --xla_backend_optimization_level=0); a wrong key or a mixed-up state is off by ~1e-2.
         chex.assert_trees_all_close(
-            jax.tree_util.tree_map(lambda leaf, i=i: leaf[i], swept), alone, rtol=1e-6
+            jax.tree_util.tree_map(lambda leaf, i=i: leaf[i], swept), alone, rtol=1e-5, atol=1e-6
         )
     assert traces == 1
