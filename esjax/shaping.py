@@ -23,11 +23,17 @@ def ranks(fitness: jax.Array) -> jax.Array:
 
     Returns a float array of the same shape as ``fitness`` with values in ``[0, n - 1]``.
     """
+    return _rank_sums(fitness).astype(jnp.result_type(float)) / 2
+
+
+def _rank_sums(fitness: jax.Array) -> jax.Array:
+    # first + last rank of each member's tie group: an integer, twice the member's rank, so
+    # every derived score is one correctly rounded division of exact integers.
     fitness = sanitize(fitness)
     ordered = jnp.sort(fitness)
     first = jnp.searchsorted(ordered, fitness, side="left")
     last = jnp.searchsorted(ordered, fitness, side="right") - 1
-    return (first + last).astype(jnp.result_type(float)) / 2
+    return first + last
 
 
 def centered_ranks(fitness: jax.Array) -> jax.Array:
@@ -37,8 +43,15 @@ def centered_ranks(fitness: jax.Array) -> jax.Array:
     robust to outliers. The result sums to zero (a lone member, which has no rank, gets 0).
     """
     n = fitness.shape[-1]
-    scores = ranks(fitness) / jnp.maximum(n - 1, 1) - 0.5
-    return scores if n > 1 else jnp.zeros_like(scores)
+    if n == 1:
+        return jnp.zeros(fitness.shape, jnp.result_type(float))
+    # (2 rank - (n - 1)) / (2 (n - 1)), from integers: tied members get the same score, and a
+    # generation where all tie shapes to exactly 0. As rank / (n - 1) - 0.5 it left a rounding
+    # residue (-2.8e-17 per member, measured), and one that differs between members is a
+    # nonzero gradient, which ClipUp normalises into a full step (tests/test_pgpe.py's all-NaN
+    # generation moved under XLA_FLAGS=--xla_cpu_use_fusion_emitters=false).
+    centred = (_rank_sums(fitness) - (n - 1)).astype(jnp.result_type(float))
+    return centred / (2 * (n - 1))
 
 
 def z_score(fitness: jax.Array, eps: float = 1e-8) -> jax.Array:
