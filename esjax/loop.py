@@ -131,19 +131,35 @@ def halting(es: Strategy, generation: Generation) -> Generation:
     return halted
 
 
+def scan_steps(
+    step_fn: Callable, key: jax.Array, length: int, counter: Callable | None = None
+) -> Callable:
+    """``state -> (state, stacked metrics)`` running ``length`` steps of ``step_fn`` via
+    ``lax.scan``: the one chunk every driver runs (``esjax.run``, ``esjax run``, and
+    ``esjax compare``'s timed runs of strategies and optax trainers alike).
+
+    ``step_fn(key, state) -> (state, metrics)``; step ``t`` gets ``fold_in(key, t)`` where ``t``
+    is ``counter(state)`` (default ``state.generation``; a gradient trainer counts
+    ``state.step``), so the split into chunks never changes results.
+    """
+    counter = (lambda state: state.generation) if counter is None else counter
+
+    def body(state, _):
+        return step_fn(jax.random.fold_in(key, counter(state)), state)
+
+    def scanned(state):
+        return jax.lax.scan(body, state, None, length=length)
+
+    return scanned
+
+
 def scan_generations(generation: Generation, key: jax.Array, num_generations: int) -> Callable:
-    """``state -> (state, stacked metrics)`` running ``num_generations`` via ``lax.scan``.
+    """``state -> (state, stacked metrics)`` running ``num_generations`` via ``lax.scan``
+    (:func:`scan_steps` of a generation).
 
     Generation ``g`` gets ``fold_in(key, g)``, so the split into chunks never changes results.
     """
-
-    def body(state, _):
-        return generation(jax.random.fold_in(key, state.generation), state)
-
-    def scanned(state):
-        return jax.lax.scan(body, state, None, length=num_generations)
-
-    return scanned
+    return scan_steps(generation, key, num_generations)
 
 
 __all__ = [
@@ -154,4 +170,5 @@ __all__ = [
     "halting",
     "make_generation",
     "scan_generations",
+    "scan_steps",
 ]

@@ -97,7 +97,7 @@ from esjax.baselines import (
     optax_trainer,
     timed_run,
 )
-from esjax.experiments import models, report
+from esjax.experiments import models, report, schema
 from esjax.experiments.config import (
     RESIDUAL_STRATEGIES,
     SEED_RANGE,
@@ -222,12 +222,6 @@ VALIDATION_KEYS = ("fraction", "seed")
 ANSWER_KEYS = ("reference",)
 
 
-def _check_keys(section: str, given: dict, valid) -> None:
-    unknown = sorted(set(given) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {section}; valid keys are {sorted(valid)}")
-
-
 def _check_loss_kind(label: str, strategy: dict | None, loss: str) -> None:
     takes_residuals = strategy is not None and strategy["name"] in RESIDUAL_STRATEGIES
     nn.check_loss_kind(loss, takes_residuals=takes_residuals, where=f"method {label!r} loss")
@@ -238,7 +232,7 @@ def _parse_method(
 ) -> MethodConfig:
     if not isinstance(raw, dict):
         raise TypeError(f"{where} must be a mapping, got {type(raw).__name__}")
-    _check_keys("a method", raw, METHOD_KEYS)
+    schema.check_keys("a method", raw, METHOD_KEYS)
     if sum(key in raw for key in ("strategy", "optimizer", "elm")) != 1:
         raise ValueError(
             f"{where} needs exactly one of 'strategy' (gradient-free), 'optimizer' (gradient) or "
@@ -248,7 +242,7 @@ def _parse_method(
         elm = raw["elm"] if raw["elm"] is not None else {}
         if not isinstance(elm, dict):
             raise TypeError(f"{where}.elm must be a mapping (e.g. {{ridge: 1e-3}})")
-        _check_keys(f"{where}.elm", elm, ("ridge",))
+        schema.check_keys(f"{where}.elm", elm, ("ridge",))
         if isinstance(elm.get("ridge"), str | bool):
             raise TypeError(f"{where}.elm.ridge must be a number, got {elm['ridge']!r}")
     if "strategy" in raw:
@@ -330,7 +324,7 @@ def _parse_seeds(value: Any, where: str) -> tuple[int, ...]:
 
 
 def _parse_validation(value: dict) -> dict:
-    _check_keys("validation", value, VALIDATION_KEYS)
+    schema.check_keys("validation", value, VALIDATION_KEYS)
     fraction = value.get("fraction", 0.2)
     if isinstance(fraction, bool) or not isinstance(fraction, int | float):
         raise TypeError(f"validation.fraction must be a number, got {fraction!r}")
@@ -359,14 +353,9 @@ def parse_comparison(
         raw = {**{k: v for k, v in raw.items() if k != "seed"}, "seeds": list(seeds)}
     if forward_pass_budget is not None:
         raw = {**raw, "forward_pass_budget": forward_pass_budget}
-    _check_keys("the comparison config", raw, TOP_KEYS)
-    for key in ("name", "task", "methods"):
-        if key not in raw:
-            raise ValueError(f"comparison config is missing required key {key!r}")
-    for key, value in raw.items():
-        wrong_bool = isinstance(value, bool) and TOP_KEYS[key] is not bool
-        if wrong_bool or not isinstance(value, TOP_KEYS[key]):
-            raise TypeError(f"config key {key!r} has the wrong type {type(value).__name__}")
+    schema.check_section(
+        "", raw, TOP_KEYS, ("name", "task", "methods"), label="the comparison config"
+    )
     model = models.model_section(raw.get("model"))
     if models.is_custom(model):
         overriding = [
@@ -401,7 +390,7 @@ def parse_comparison(
     validation = None if "validation" not in raw else _parse_validation(raw["validation"])
     answer = raw.get("answer")
     if answer is not None:
-        _check_keys("answer", answer, ANSWER_KEYS)
+        schema.check_keys("answer", answer, ANSWER_KEYS)
         if not isinstance(answer.get("reference"), str):
             raise TypeError("answer.reference must be the label of a method (e.g. adam)")
     parsed = tuple(
@@ -417,7 +406,7 @@ def parse_comparison(
         )
     scaling = raw.get("scaling")
     if scaling is not None:
-        _check_keys("scaling", scaling, ("hidden",))
+        schema.check_keys("scaling", scaling, ("hidden",))
         if not scaling.get("hidden"):
             raise ValueError("scaling needs 'hidden': a list of hidden-layer width lists")
     target = float(raw.get("target_accuracy", 0.95))
@@ -661,29 +650,27 @@ def _method_fingerprint(
     for key in ("fitness_subset", "skip"):
         if fields[key] is None:
             fields.pop(key)
-    return json.loads(
-        json.dumps(
-            {
-                "method": fields,
-                "model": model_section,
-                "seed": seed,
-                "task": task,
-                "target_accuracy": target_accuracy,
-                "stop_at_target": stop_at_target,
-                **(extra or {}),
-            },
-            default=str,
-        )
+    return schema.fingerprint(
+        {
+            "method": fields,
+            "model": model_section,
+            "seed": seed,
+            "task": task,
+            "target_accuracy": target_accuracy,
+            "stop_at_target": stop_at_target,
+            **(extra or {}),
+        }
     )
 
 
 def _check_fingerprint(path: Path, saved: dict | None, expected: dict) -> None:
-    if saved != expected:
-        differing = sorted(k for k in expected if saved is None or saved.get(k) != expected.get(k))
-        raise checkpoint.CheckpointError(
-            f"{path} was written by a comparison whose config differs in {differing}; resume "
-            "with the config (and --steps/--output-dir) that wrote it, or delete the folder"
-        )
+    schema.check_fingerprint(
+        path,
+        saved,
+        expected,
+        remedy="resume with the config (and --steps/--output-dir) that wrote it, or delete the "
+        "folder",
+    )
 
 
 def _resume_point(

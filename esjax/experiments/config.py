@@ -35,6 +35,7 @@ from esjax import nn
 from esjax.base import Strategy, check_int
 from esjax.experiments.outputs import check_run_name, read_yaml
 from esjax.experiments.resolve import is_reference, resolve_callable
+from esjax.experiments.schema import check_keys, check_section
 from esjax.prng import NoiseTable
 from esjax.strategies import get_strategy
 
@@ -94,12 +95,6 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def _check_keys(section: str, given: dict, valid: list[str]) -> None:
-    unknown = sorted(set(given) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {section}; valid keys are {sorted(valid)}")
-
-
 # Run-config keys renamed so that one key means one thing in run and compare configs:
 # old name -> new name. The old name still works, with a FutureWarning.
 RENAMED_KEYS = {"batch_size": "population_batch_size"}
@@ -151,19 +146,10 @@ def parse_config(raw: dict, config_dir: str | Path | None = None) -> ExperimentC
     if "methods" in raw:
         raise ValueError("this is a comparison config (it has 'methods'): use `esjax compare`")
     raw = _renamed_keys(raw)
-    fields = [f.name for f in dataclasses.fields(ExperimentConfig) if f.name != "config_dir"]
-    _check_keys("the config", raw, fields)
     required = [
         f.name for f in dataclasses.fields(ExperimentConfig) if f.default is dataclasses.MISSING
     ]
-    missing = [name for name in required if name not in raw]
-    if missing:
-        raise ValueError(f"config is missing required key(s) {missing}")
-    for key, value in raw.items():
-        types = _TYPES[key]
-        if isinstance(value, bool) or not isinstance(value, types):
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            raise TypeError(f"config key {key!r} must be {names}, got {type(value).__name__}")
+    check_section("", raw, _TYPES, required, label="the config")
     config = ExperimentConfig(**raw, config_dir=None if config_dir is None else str(config_dir))
     check_run_name(config.name)
     check_int("seed", config.seed, *SEED_RANGE)
@@ -213,7 +199,7 @@ def build_optimizer(spec: dict | optax.GradientTransformation) -> optax.Gradient
             f"optimizer name must be an optax optimizer such as 'adam', 'sgd', 'adamw'; "
             f"got {spec['name']!r}"
         )
-    _check_keys(f"optimizer {spec['name']!r}", kwargs, list(inspect.signature(factory).parameters))
+    check_keys(f"optimizer {spec['name']!r}", kwargs, list(inspect.signature(factory).parameters))
     return factory(**kwargs)
 
 
@@ -228,7 +214,7 @@ def build_schedule(spec: dict) -> optax.Schedule:
             "schedule must be an optax schedule such as 'exponential_decay' or "
             f"'cosine_decay_schedule'; got {spec['schedule']!r}"
         )
-    _check_keys(
+    check_keys(
         f"schedule {spec['schedule']!r}", kwargs, list(inspect.signature(factory).parameters)
     )
     return factory(**kwargs)
@@ -293,7 +279,7 @@ def validate_strategy_section(
         raise ValueError(f"{where} must be a mapping with a 'name'")
     factory = strategy_factory(section["name"], f"{where}.name", config_dir)
     kwargs = {k: v for k, v in section.items() if k != "name"}
-    _check_keys(f"{where} ({section['name']!r})", kwargs, _factory_arguments(factory))
+    check_keys(f"{where} ({section['name']!r})", kwargs, _factory_arguments(factory))
     parameters = inspect.signature(factory).parameters
     for key, value in kwargs.items():
         check_value_type(f"{where}.{key}", value, parameters[key].annotation)
@@ -319,7 +305,7 @@ def build_noise_table(spec: Any, where: str = "strategy.noise") -> NoiseTable | 
             f"{where} must be a mapping such as {{size: 16777216, seed: 0}} or null, "
             f"got {type(spec).__name__} {spec!r}"
         )
-    _check_keys(where, spec, NOISE_KEYS)
+    check_keys(where, spec, NOISE_KEYS)
     size, seed = spec.get("size", 2**25), spec.get("seed", 0)
     if isinstance(size, bool) or not isinstance(size, int) or not 2 <= size <= 2**31 - 1:
         raise ValueError(f"{where}.size must be an integer in [2, 2**31 - 1], got {size!r}")

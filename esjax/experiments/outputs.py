@@ -1,6 +1,6 @@
 """What ``esjax run`` and ``esjax compare`` share about their outputs: run folders that never
-destroy a finished run, strict JSON written atomically, appends that never leave half a row, and
-the YAML reader both config loaders use.
+destroy a finished run, strict JSON written atomically, appends that never leave half a row, the
+one metrics-CSV writer both commands use, and the YAML reader both config loaders use.
 
 Nothing here deletes a file the user wrote: a run folder is claimed only when it holds no
 earlier esjax output, or when the user asked to ``resume`` or to ``overwrite`` (and then only
@@ -9,13 +9,17 @@ esjax's own output files are removed).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from esjax import checkpoint
@@ -122,6 +126,101 @@ def append_text(path: Path, text: str, sync: bool = False) -> None:
         raise
 
 
+# The columns a metrics file starts with, where present: a run's rows are generations, a
+# comparison's are evaluations (step, wall-clock and forward passes first). The other metrics
+# follow in the order they first appear.
+METRICS_FIRST = ("generation", "step", "wall_clock_s", "forward_passes")
+
+
+def _metric_rows(metrics: Mapping | list[dict]) -> list[dict]:
+    if not isinstance(metrics, Mapping):
+        return [dict(row) for row in metrics]
+    names = list(metrics)
+    columns = [np.asarray(metrics[name]).tolist() for name in names]
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+
+
+def metrics_columns(rows: list[dict]) -> list[str]:
+    """The column order of a metrics file: :data:`METRICS_FIRST`, then first appearance."""
+    seen: dict[str, None] = {}
+    for row in rows:
+        seen.update(dict.fromkeys(row))
+    return [n for n in METRICS_FIRST if n in seen] + [n for n in seen if n not in METRICS_FIRST]
+
+
+def _csv_text(rows: list[dict], names: list[str], header: bool) -> str:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=names, restval="", lineterminator="\r\n")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def write_metrics_csv(path: Path, metrics: Mapping | list[dict]) -> None:
+    """Write a metrics file atomically: one row per generation (``esjax run``: ``metrics`` maps
+    names to per-generation arrays) or per evaluation (``esjax compare``: a list of row dicts).
+
+    Columns: :func:`metrics_columns`; a row without a column leaves its cell empty."""
+    rows = _metric_rows(metrics)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_text(path, _csv_text(rows, metrics_columns(rows), header=True))
+
+
+def _header(path: Path) -> list[str] | None:
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    with path.open(newline="") as handle:
+        return next(csv.reader(handle), None)
+
+
+def append_metrics_csv(path: Path, metrics: Mapping | list[dict], sync: bool = False) -> None:
+    """Append one chunk's rows to ``path`` (header first if the file is new); ``sync``: fsync.
+
+    The rows go in one write that is undone if it fails (a full disk), so the file never ends
+    in half a row. Rows whose columns differ from the file's header are refused (they would be
+    misread), naming both."""
+    rows = _metric_rows(metrics)
+    names, header = metrics_columns(rows), _header(path)
+    if header is not None and rows and header != names:
+        raise ValueError(
+            f"{path} has columns {header}, the new rows {names}: they come from another run; "
+            "start over in a new folder (or with --overwrite)"
+        )
+    append_text(path, _csv_text(rows, header or names, header=header is None), sync=sync)
+
+
+def metrics_rows(path: Path) -> int:
+    """How many data rows ``path`` holds (0 if it does not exist)."""
+    if not path.exists():
+        return 0
+    with path.open(newline="") as handle:
+        return max(sum(1 for _ in csv.reader(handle)) - 1, 0)
+
+
+def trim_metrics_csv(path: Path, last: int, column: str = "generation") -> None:
+    """Keep the header and the complete rows whose ``column`` is at most ``last`` (those a
+    checkpoint covers), atomically.
+
+    Rows written after the checkpoint, and a last row cut short by a crash, are dropped: the
+    resumed run writes them again, identically.
+    """
+    if not path.exists():
+        return
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    header, kept = rows[0], [rows[0]]
+    index = header.index(column)
+    for row in rows[1:]:
+        if len(row) == len(header) and int(float(row[index])) <= last:
+            kept.append(row)
+    text = io.StringIO()
+    csv.writer(text).writerows(kept)
+    replace_text(path, text.getvalue())
+
+
 def strict_json(value: Any) -> tuple[Any, list[str]]:
     """``value`` with every NaN/±inf float replaced by ``None``, and the key paths replaced.
 
@@ -191,14 +290,20 @@ def read_yaml(path: str | Path) -> Any:
 
 
 __all__ = [
+    "METRICS_FIRST",
     "OutputExistsError",
+    "append_metrics_csv",
     "append_text",
     "check_run_name",
     "checkpoint_file",
     "claim_run_dir",
+    "metrics_columns",
+    "metrics_rows",
     "read_yaml",
     "remove_output",
     "replace_text",
     "strict_json",
+    "trim_metrics_csv",
     "write_json",
+    "write_metrics_csv",
 ]

@@ -7,9 +7,12 @@ headless and never change the user's backend.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import zlib
 from pathlib import Path
+
+from esjax.experiments.outputs import replace_text, write_metrics_csv
 
 ACCOUNTING_NOTE = (
     "Wall-clock is training time only: it excludes compilation (each scanned chunk is compiled "
@@ -49,17 +52,6 @@ def model_description(model: dict, detail: bool = False) -> str:
     if detail:
         text += f", activation {model.get('activation')} ({model.get('api')})"
     return text
-
-
-def write_metrics_csv(path: Path, history: list[dict]) -> None:
-    """One row per evaluation: step, wall_clock_s, forward_passes, then the metrics."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    first = ["step", "wall_clock_s", "forward_passes"]
-    names = first + sorted({k for row in history for k in row} - set(first))
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=names)
-        writer.writeheader()
-        writer.writerows(history)
 
 
 def _count(value: float) -> str:
@@ -216,7 +208,7 @@ def write_comparison_md(path: Path, context: dict, summaries: list[dict]) -> Non
         "![test accuracy vs forward passes](accuracy_vs_forward_passes.png)",
         "",
     ]
-    path.write_text("\n".join(lines))
+    replace_text(path, "\n".join(lines))
 
 
 def _acc(s: dict) -> str:
@@ -504,10 +496,11 @@ SCALING_COLUMNS = (
 def write_scaling(run_dir: Path, rows: list[dict], target: float) -> None:
     """``scaling.csv``, ``scaling.md`` and ``scaling.png`` (steps, forward passes and training
     seconds to the target accuracy vs parameter count, log-log, one line per method)."""
-    with (run_dir / "scaling.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=SCALING_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=SCALING_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    replace_text(run_dir / "scaling.csv", table.getvalue())
     lines = [
         f"# Scaling: cost to {target:.0%} test accuracy vs parameter count",
         "",
@@ -528,7 +521,7 @@ def write_scaling(run_dir: Path, rows: list[dict], target: float) -> None:
             + f"| {r['best_test_accuracy']:.2%} |"
         )
     lines += ["", ACCOUNTING_NOTE, "", "![scaling](scaling.png)", ""]
-    (run_dir / "scaling.md").write_text("\n".join(lines))
+    replace_text(run_dir / "scaling.md", "\n".join(lines))
 
     figure, all_axes = _figure(width=5.0, columns=3)
     panels = (

@@ -3,8 +3,6 @@ reported solution, ``solution.msgpack`` (:func:`esjax.checkpoint.load_solution`)
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
 import time
 from pathlib import Path
@@ -16,13 +14,21 @@ import numpy as np
 from esjax import checkpoint
 from esjax.base import Strategy, StrategyState
 from esjax.driver import run
+from esjax.experiments import schema
 from esjax.experiments.config import (
     RENAMED_KEYS,
     ExperimentConfig,
     build_strategy,
     config_to_dict,
 )
-from esjax.experiments.outputs import append_text, claim_run_dir, replace_text, write_json
+from esjax.experiments.outputs import (
+    append_metrics_csv,
+    claim_run_dir,
+    metrics_rows,
+    trim_metrics_csv,
+    write_json,
+    write_metrics_csv,
+)
 from esjax.experiments.setup import build_problem
 
 CHECKPOINT_FILE = "checkpoint.msgpack"
@@ -33,59 +39,10 @@ RUN_OUTPUTS = ("metrics.csv", "summary.json", CHECKPOINT_FILE, SOLUTION_FILE)
 RESUME_KEYS = ("strategy", "problem", "seed", "population_batch_size")
 
 
-def write_metrics_csv(path: Path, metrics: dict[str, np.ndarray]) -> None:
-    """One row per generation, one column per metric (``generation`` first)."""
-    names = sorted(metrics, key=lambda name: name != "generation")
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(names)
-        for row in zip(*(np.asarray(metrics[n]).tolist() for n in names), strict=True):
-            writer.writerow(row)
-
-
-def append_metrics_csv(path: Path, metrics: dict[str, np.ndarray], sync: bool = False) -> None:
-    """Append one chunk's rows to ``path`` (header first if the file is new); ``sync``: fsync.
-
-    The rows go in one write that is undone if it fails (a full disk), so the file never ends
-    in half a row."""
-    names = sorted(metrics, key=lambda name: name != "generation")
-    is_new = not path.exists() or path.stat().st_size == 0
-    text = io.StringIO()
-    writer = csv.writer(text)
-    if is_new:
-        writer.writerow(names)
-    for row in zip(*(np.asarray(metrics[n]).tolist() for n in names), strict=True):
-        writer.writerow(row)
-    append_text(path, text.getvalue(), sync=sync)
-
-
-def _metrics_rows(path: Path) -> int:
-    if not path.exists():
-        return 0
-    with path.open(newline="") as handle:
-        return max(sum(1 for _ in csv.reader(handle)) - 1, 0)
-
-
-def trim_metrics_csv(path: Path, generation: int) -> None:
-    """Keep the header and the complete rows up to ``generation`` (those the checkpoint covers).
-
-    Rows written after the checkpoint, and a last row cut short by a crash, are dropped: the
-    resumed run writes them again, identically.
-    """
-    if not path.exists():
-        return
-    with path.open(newline="") as handle:
-        rows = list(csv.reader(handle))
-    if not rows:
-        return
-    header, kept = rows[0], [rows[0]]
-    column = header.index("generation")
-    for row in rows[1:]:
-        if len(row) == len(header) and int(float(row[column])) <= generation:
-            kept.append(row)
-    text = io.StringIO()
-    csv.writer(text).writerows(kept)
-    replace_text(path, text.getvalue())
+def resume_fingerprint(config: dict) -> dict:
+    """What a run's checkpoint must agree on to be resumed: its config's :data:`RESUME_KEYS`
+    (a :func:`esjax.experiments.schema.fingerprint`)."""
+    return schema.fingerprint({key: config.get(key) for key in RESUME_KEYS})
 
 
 def load_resume_state(
@@ -94,19 +51,21 @@ def load_resume_state(
     """The checkpointed state and its metadata; falls back to the previous checkpoint if the
     latest is damaged. Refuses a checkpoint of a config that differs in :data:`RESUME_KEYS`."""
     path, header = checkpoint.intact_header(path)
-    state = checkpoint.load(path, like, strategy=es)
     metadata = header["metadata"] or {}
-    saved, current = metadata.get("config", {}), config_to_dict(config)
+    saved = metadata.get("config", {})
     for old, new in RENAMED_KEYS.items():  # a checkpoint written before a key was renamed
         if old in saved and new not in saved:
             saved = {**saved, new: saved[old]}
-    differing = [key for key in RESUME_KEYS if saved.get(key) != current[key]]
-    if differing:
-        raise checkpoint.CheckpointError(
-            f"checkpoint {path} was saved by a run whose config differs in {differing}; "
-            "resume with the config that wrote it (only generations, log_every, "
-            "checkpoint_every, name and output_dir may change)"
-        )
+    # Checked before the state is loaded: a changed config is reported as such, not as a
+    # shape mismatch.
+    schema.check_fingerprint(
+        path,
+        resume_fingerprint(saved),
+        resume_fingerprint(config_to_dict(config)),
+        remedy="resume with the config that wrote it (only generations, log_every, "
+        "checkpoint_every, name and output_dir may change)",
+    )
+    state = checkpoint.load(path, like, strategy=es)
     return state, metadata
 
 
@@ -195,9 +154,9 @@ def run_experiment(
     if resume and has_checkpoint:
         state, metadata = load_resume_state(checkpoint_path, state, es, config)
         earlier_seconds = float(metadata.get("seconds", 0.0))
-        if writer and _metrics_rows(metrics_path) < int(state.generation):
+        if writer and metrics_rows(metrics_path) < int(state.generation):
             raise ValueError(
-                f"{metrics_path} holds {_metrics_rows(metrics_path)} rows but the checkpoint is "
+                f"{metrics_path} holds {metrics_rows(metrics_path)} rows but the checkpoint is "
                 f"at generation {int(state.generation)}: resuming would leave a metrics file "
                 "missing its first rows; restore it, or start over with --overwrite"
             )
@@ -323,6 +282,7 @@ __all__ = [
     "SOLUTION_FILE",
     "append_metrics_csv",
     "load_resume_state",
+    "resume_fingerprint",
     "run_experiment",
     "trim_metrics_csv",
     "write_metrics_csv",

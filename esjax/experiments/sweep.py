@@ -88,6 +88,7 @@ from esjax.experiments.config import (
     validate_strategy_section,
 )
 from esjax.experiments.outputs import check_run_name, claim_run_dir, read_yaml, write_json
+from esjax.experiments.schema import check_keys, check_section
 from esjax.loop import make_generation
 
 FUNCTIONS = ("ellipsoid", "rosenbrock", "rastrigin")
@@ -169,12 +170,6 @@ class SweepConfig:
         return min(budget, method.caps.get(num_dims, budget))
 
 
-def _check_keys(where: str, given: dict, valid) -> None:
-    unknown = sorted(set(given) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}; valid keys are {sorted(valid)}")
-
-
 def _number(where: str, value: Any, low: float, high: float | None = None, *, open_low=False):
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{where} must be a number, got {type(value).__name__} {value!r}")
@@ -199,7 +194,7 @@ def _int_list(where: str, values: Any, low: int) -> tuple[int, ...]:
 def _parse_budgets(raw: Any, where: str) -> tuple[int, int, int | None]:
     if not isinstance(raw, dict):
         raise TypeError(f"{where} must be a mapping with keys {list(BUDGET_KEYS)}")
-    _check_keys(where, raw, BUDGET_KEYS)
+    check_keys(where, raw, BUDGET_KEYS)
     fixed = check_int(f"{where}.fixed", raw.get("fixed", 2500), 1)
     per_dim = check_int(f"{where}.per_dim", raw.get("per_dim", 1000), 1)
     cap = raw.get("max")
@@ -210,7 +205,7 @@ def _parse_budgets(raw: Any, where: str) -> tuple[int, int, int | None]:
 def _parse_method(raw: Any, where: str, dimensions: tuple[int, ...]) -> SweepMethod:
     if not isinstance(raw, dict):
         raise TypeError(f"{where} must be a mapping, got {type(raw).__name__}")
-    _check_keys(where, raw, METHOD_KEYS)
+    check_keys(where, raw, METHOD_KEYS)
     if "strategy" not in raw:
         raise ValueError(f"{where} needs a 'strategy' section (e.g. {{name: cma_es}})")
     validate_strategy_section(raw["strategy"], f"{where}.strategy")
@@ -238,18 +233,11 @@ def parse_sweep(raw: dict, *, smoke: bool = False, methods: list[str] | None = N
     Errors name the key path."""
     if not isinstance(raw, dict):
         raise TypeError(f"a config must be a mapping at the top level, got {type(raw).__name__}")
-    _check_keys("the sweep config", raw, TOP_KEYS)
-    for key in ("name", "dimensions", "methods"):
-        if key not in raw:
-            raise ValueError(f"sweep config is missing required key {key!r}")
-    for key, value in raw.items():
-        if isinstance(value, bool) or not isinstance(value, TOP_KEYS[key]):
-            names = " or ".join(t.__name__ for t in TOP_KEYS[key])
-            raise TypeError(f"config key {key!r} must be {names}, got {type(value).__name__}")
+    check_section("", raw, TOP_KEYS, ("name", "dimensions", "methods"), label="the sweep config")
     settings = dict(raw)
     if smoke:
         section = raw.get("smoke") or {}
-        _check_keys("smoke", section, SMOKE_KEYS)
+        check_keys("smoke", section, SMOKE_KEYS)
         settings.update({k: v for k, v in section.items() if k != "methods"})
         if "methods" in section and methods is None:
             methods = section["methods"]
