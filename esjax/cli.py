@@ -151,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     launch_parser.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND")
     launch_parser.set_defaults(handler=_launch)
     compare_parser = commands.add_parser(
-        "compare", help="gradient-free vs gradient methods on the same model (a compare config)"
+        "compare",
+        help="compare methods on one model and data set (task/model config) or on one "
+        "problem (a problem config: gradient-free strategies only)",
     )
     compare_parser.add_argument("config", help="path to a comparison config (see configs/)")
     compare_parser.add_argument("--output-dir", default=None, help="parent folder for results")
@@ -187,9 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _compare(args: argparse.Namespace) -> int:
     from esjax.experiments.compare import load_comparison, run_comparison
+    from esjax.experiments.outputs import read_yaml
+    from esjax.experiments.problem_compare import is_problem_comparison
     from esjax.experiments.report import summary_table
 
     methods = args.methods.split(",") if args.methods else None
+    if is_problem_comparison(read_yaml(args.config)):
+        return _compare_problem(args, methods)
     config = load_comparison(args.config, steps=args.steps, methods=methods)
     result = run_comparison(
         config,
@@ -204,6 +210,35 @@ def _compare(args: argparse.Namespace) -> int:
     run_dir = result["run_dir"]
     outputs = "scaling.md, scaling.png" if result["scaling"] else "comparison.md, plots"
     print(f"wrote {run_dir}/ ({outputs}, per-method metrics.csv, summary.json)")
+    return 0
+
+
+def _compare_problem(args: argparse.Namespace, methods: list[str] | None) -> int:
+    """``esjax compare`` of a config with a ``problem`` section (no resume or checkpoints)."""
+    from esjax.experiments.problem_compare import (
+        load_problem_comparison,
+        problem_table,
+        run_problem_comparison,
+    )
+
+    for flag, given in (
+        ("--resume", args.resume),
+        ("--checkpoint-every", args.checkpoint_every is not None),
+    ):
+        if given:
+            raise ValueError(
+                f"{flag} is not supported for a problem comparison (a config with 'problem') "
+                "yet: rerun it, with --overwrite to replace its outputs"
+            )
+    config = load_problem_comparison(args.config, steps=args.steps, methods=methods)
+    result = run_problem_comparison(
+        config, output_dir=args.output_dir, progress=not args.quiet, overwrite=args.overwrite
+    )
+    print(problem_table(result["methods"], config.target_fitness))
+    print(
+        f"wrote {result['run_dir']}/ (comparison.md, fitness.png, summary.json, per-method "
+        "summary.json and per-seed metrics.csv, solution.msgpack)"
+    )
     return 0
 
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from esjax.base import check_int
 from esjax.experiments.resolve import resolve_callable
+from esjax.experiments.schema import check_keys
 from esjax.problems.functions import FUNCTIONS, make_problem
 from esjax.tasks.problems import TASK_PROBLEMS
 
@@ -124,9 +125,7 @@ def build_problem(section: dict, key: jax.Array, config_dir: str | None = None) 
         for p in inspect.signature(_PROBLEM_SIGNATURES[name]).parameters
         if p not in ("name", "key")
     ]
-    unknown = sorted(set(kwargs) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in problem {name!r}; valid keys are {valid}")
+    check_keys(f"problem {name!r}", kwargs, valid)
     return PROBLEMS[name](key, **kwargs)
 
 

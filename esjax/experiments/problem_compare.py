@@ -1,0 +1,665 @@
+"""Gradient-free methods on one ``esjax run`` problem: ``esjax compare CONFIG.yaml``.
+
+A problem comparison names one ``problem`` section, exactly as a run config does (a built-in test
+function, a control or model task, or your own ``function: "module:attr"``), and several
+gradient-free strategies; every method of a seed starts from the same problem and initial
+solution, and is measured by the same loop (:func:`esjax.baselines.timed_run`)::
+
+    name: functions_compare
+    problem: {name: rastrigin, num_dims: 10, x0: 3.0}
+    seeds: [0, 1, 2]                  # or seed: 0
+    eval_every: 10                    # generations between recorded rows (default: ~20 rows)
+    target_fitness: 1.0e-3            # optional: the "evaluations to target" column
+    methods:
+      - {label: cma_es, strategy: {name: cma_es, population_size: 16}, generations: 200}
+      - {label: pso, strategy: {name: pso, population_size: 32}, generations: 200}
+
+A method may set ``eval_every`` and ``population_batch_size`` (evaluate the population in chunks
+of that many members); a top-level ``generations`` is the default of every method without its
+own. Only ``strategy`` methods: gradient (``optimizer``) and ``elm`` methods need a model and a
+data set, which is what a ``task``/``model`` comparison (:mod:`esjax.experiments.compare`) is for.
+
+Keys, as in :func:`esjax.experiments.runner.run_experiment`: the problem uses
+``fold_in(key(seed), 0)``, a strategy's ``init`` ``fold_in(key(seed), 1)`` and the generations
+``fold_in(key(seed), 2)``; so a one-method comparison reproduces ``esjax run``'s best fitness
+and solution exactly. A method's seeds share one compiled chunk when the problem does not depend
+on its key (a function without shift or rotation, your own function); otherwise each seed
+compiles its own.
+
+Outputs in ``<output_dir>/<name>/``: per method ``<label>/seed_<s>/metrics.csv`` (one row per
+``eval_every`` generations and the start: generation ``step``, ``wall_clock_s``, ``evaluations``
+(also as ``forward_passes``, the dataset comparison's name), ``best_fitness`` and
+``solution_fitness``, the fitness of the solution the strategy reports),
+``<label>/seed_<s>/solution.msgpack`` (:func:`esjax.checkpoint.load_solution`) and
+``<label>/summary.json`` (per seed and mean ± std); ``summary.json``, ``comparison.md`` and
+``fitness.png`` (mean best fitness against evaluations). Resuming is not supported yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from esjax import checkpoint, nn
+from esjax.base import Strategy, check_int
+from esjax.baselines import timed_run
+from esjax.experiments import report, schema
+from esjax.experiments.config import (
+    RESIDUAL_STRATEGIES,
+    SEED_RANGE,
+    build_strategy,
+    select_methods,
+    validate_strategy_section,
+)
+from esjax.experiments.outputs import (
+    check_run_name,
+    claim_run_dir,
+    read_yaml,
+    replace_text,
+    write_json,
+    write_metrics_csv,
+)
+from esjax.experiments.setup import PROBLEMS, ProblemSetup, build_problem
+from esjax.loop import make_generation
+from esjax.problems.functions import FUNCTIONS
+
+NUMBER = (int, float)
+TOP_KEYS = {
+    "name": str,
+    "problem": dict,
+    "seed": int,
+    "seeds": list,
+    "generations": int,
+    "eval_every": (int, type(None)),
+    "target_fitness": (*NUMBER, type(None)),
+    "output_dir": str,
+    "methods": list,
+}
+METHOD_KEYS = {
+    "label": str,
+    "strategy": dict,
+    "generations": int,
+    "eval_every": (int, type(None)),
+    "population_batch_size": (int, type(None)),
+}
+# Method kinds of a dataset comparison that a problem comparison cannot run.
+GRADIENT_KEYS = ("optimizer", "elm")
+SOLUTION_FILE = "solution.msgpack"
+METHOD_SUMMARY_FILE = "summary.json"
+RUN_COLUMNS = ("step", "wall_clock_s", "forward_passes")  # timed_run's, before evaluations
+DEFAULT_ROWS = 20  # evaluation rows per method without an eval_every
+
+
+@dataclasses.dataclass(frozen=True)
+class ProblemMethod:
+    """One method of a problem comparison.
+
+    Attributes:
+      label: its name in tables, plots and the output folder.
+      strategy: the strategy section (``{name: ..., **factory arguments}``).
+      generations: generations to run (>= 1).
+      eval_every: generations between recorded rows (None: about :data:`DEFAULT_ROWS` rows).
+      population_batch_size: evaluate the population this many members at a time (None: all).
+    """
+
+    label: str
+    strategy: dict
+    generations: int
+    eval_every: int | None = None
+    population_batch_size: int | None = None
+
+    @property
+    def every(self) -> int:
+        """The generations per recorded row this method runs with."""
+        if self.eval_every is not None:
+            return self.eval_every
+        return max(1, self.generations // DEFAULT_ROWS)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProblemComparisonConfig:
+    """A validated problem comparison (see the module docstring for the YAML layout)."""
+
+    name: str
+    problem: dict
+    methods: tuple[ProblemMethod, ...]
+    seeds: tuple[int, ...]
+    target_fitness: float | None
+    output_dir: str
+    raw: dict
+    config_dir: str | None = dataclasses.field(default=None, compare=False)
+
+
+def _parse_seeds(raw: dict) -> tuple[int, ...]:
+    if "seeds" in raw:
+        if "seed" in raw:
+            raise ValueError("give either 'seed' or 'seeds' (a list), not both")
+        value = raw["seeds"]
+        if not value:
+            raise ValueError("config key 'seeds' must be a non-empty list of integers")
+        seeds = tuple(check_int(f"seeds[{i}]", s, *SEED_RANGE) for i, s in enumerate(value))
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must not repeat a seed, got {list(seeds)}")
+        return seeds
+    return (check_int("seed", raw.get("seed", 0), *SEED_RANGE),)
+
+
+def _check_problem(problem: dict) -> None:
+    if ("name" in problem) == ("function" in problem):
+        raise ValueError(
+            "config section 'problem' needs exactly one of 'name' (a built-in problem) or "
+            "'function' (your own, 'module:attribute')"
+        )
+    if "name" in problem and problem["name"] not in PROBLEMS:
+        raise ValueError(f"problem.name must be one of {sorted(PROBLEMS)}, got {problem['name']!r}")
+
+
+def _parse_method(
+    raw: Any,
+    where: str,
+    defaults: dict,
+    steps: int | None,
+    config_dir: str | None,
+) -> ProblemMethod:
+    if isinstance(raw, dict):
+        gradient = [key for key in GRADIENT_KEYS if key in raw]
+        if gradient:
+            raise ValueError(
+                f"{where} has {gradient[0]!r}: a problem comparison runs gradient-free "
+                "'strategy' methods only (optimizer and elm methods need a task and a model: "
+                "see esjax.experiments.compare)"
+            )
+    schema.check_section(where, raw, METHOD_KEYS, ("strategy",), label=where)
+    validate_strategy_section(raw["strategy"], f"{where}.strategy", config_dir)
+    label = raw.get("label", raw["strategy"]["name"])
+    check_run_name(label, f"{where}.label")
+    if steps is not None:
+        generations = check_int("--steps", steps, 1)
+    elif "generations" in raw:
+        generations = check_int(f"{where}.generations", raw["generations"], 1)
+    elif defaults["generations"] is not None:
+        generations = defaults["generations"]
+    else:
+        raise ValueError(f"{where} needs 'generations' (or a top-level 'generations')")
+    eval_every = raw.get("eval_every", defaults["eval_every"])
+    if eval_every is not None:
+        eval_every = check_int(f"{where}.eval_every", eval_every, 1)
+    batch = raw.get("population_batch_size")
+    if batch is not None:
+        batch = check_int(f"{where}.population_batch_size", batch, 1)
+    return ProblemMethod(
+        label=label,
+        strategy=dict(raw["strategy"]),
+        generations=generations,
+        eval_every=eval_every,
+        population_batch_size=batch,
+    )
+
+
+def parse_problem_comparison(
+    raw: Any,
+    *,
+    steps: int | None = None,
+    methods: list[str] | None = None,
+    config_dir: str | Path | None = None,
+) -> ProblemComparisonConfig:
+    """Validate a problem-comparison config dict; ``steps`` overrides every method's
+    generations, ``methods`` keeps only the listed labels, ``config_dir`` is where
+    ``"module:attribute"`` references (problem functions, strategies) are looked for first."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"a config must be a mapping at the top level, got {type(raw).__name__}")
+    schema.check_section(
+        "", raw, TOP_KEYS, ("name", "problem", "methods"), label="the problem comparison config"
+    )
+    config_dir = None if config_dir is None else str(config_dir)
+    check_run_name(raw["name"])
+    _check_problem(raw["problem"])
+    seeds = _parse_seeds(raw)
+    defaults = {
+        "generations": None
+        if "generations" not in raw
+        else check_int("generations", raw["generations"], 1),
+        "eval_every": None
+        if raw.get("eval_every") is None
+        else check_int("eval_every", raw["eval_every"], 1),
+    }
+    target = raw.get("target_fitness")
+    if target is not None:
+        target = float(target)
+        if not math.isfinite(target):
+            raise ValueError(f"target_fitness must be a finite number, got {target}")
+    parsed = tuple(
+        _parse_method(m, f"methods[{i}]", defaults, steps, config_dir)
+        for i, m in enumerate(raw["methods"])
+    )
+    if "loss" in raw["problem"]:
+        for method in parsed:
+            nn.check_loss_kind(
+                raw["problem"]["loss"],
+                takes_residuals=method.strategy["name"] in RESIDUAL_STRATEGIES,
+                where=f"problem.loss (method {method.label!r})",
+            )
+    parsed, _ = select_methods(parsed, methods)
+    return ProblemComparisonConfig(
+        name=raw["name"],
+        problem=dict(raw["problem"]),
+        methods=parsed,
+        seeds=seeds,
+        target_fitness=target,
+        output_dir=raw.get("output_dir", "results"),
+        raw=raw,
+        config_dir=config_dir,
+    )
+
+
+def load_problem_comparison(path: str | Path, **overrides) -> ProblemComparisonConfig:
+    """Read and validate a problem-comparison YAML file (``overrides``: ``steps``, ``methods``
+    as in :func:`parse_problem_comparison`); references resolve from the file's folder first."""
+    return parse_problem_comparison(
+        read_yaml(path), config_dir=Path(path).resolve().parent, **overrides
+    )
+
+
+def is_problem_comparison(raw: Any) -> bool:
+    """Whether a comparison config (as read from YAML) compares methods on a ``problem``."""
+    return isinstance(raw, dict) and "problem" in raw
+
+
+def seed_free(problem: dict) -> bool:
+    """Whether the problem a section builds is the same whatever its key: then every seed can
+    share one problem and one compiled chunk (your own function; a built-in function without
+    shift or rotation). Task problems draw data or parameters from the key."""
+    if "function" in problem:
+        return True
+    return (
+        problem.get("name") in FUNCTIONS
+        and not problem.get("shift_scale", 0.0)
+        and not problem.get("rotate", False)
+    )
+
+
+def problem_description(problem: dict) -> str:
+    """``rastrigin (num_dims 10)``, or the function reference of your own."""
+    name = problem.get("name") or problem.get("function")
+    return f"{name} (num_dims {problem['num_dims']})" if "num_dims" in problem else str(name)
+
+
+def seed_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The problem, init and generations keys of a seed (as in ``esjax run``)."""
+    key = jax.random.key(seed)
+    return tuple(jax.random.fold_in(key, i) for i in range(3))
+
+
+def make_evaluate(es, problem: ProblemSetup):
+    """The jitted ``state -> {best_fitness[, solution_fitness]}`` of every recorded row:
+    the solution's fitness only where the problem's fitness is a scalar (not for residuals);
+    a fitness that takes a key is scored with the fixed key ``jax.random.key(0)``."""
+
+    def fitness(solution):
+        if problem.fitness_takes_key:
+            return problem.fitness_fn(solution, jax.random.key(0))
+        return problem.fitness_fn(solution)
+
+    scalar = jax.eval_shape(fitness, problem.x0).shape == ()
+
+    @jax.jit
+    def evaluate(state) -> dict:
+        values = {"best_fitness": state.best_fitness}
+        if scalar:
+            values["solution_fitness"] = fitness(state.unravel(es.solution(state)))
+        return values
+
+    return evaluate
+
+
+def evaluations_to_target(history: list[dict], target: float | None) -> int | None:
+    """The evaluations of the first row with ``best_fitness <= target`` (None: never, or no
+    target)."""
+    if target is None:
+        return None
+    for row in history:
+        if row["best_fitness"] <= target:
+            return int(row["evaluations"])
+    return None
+
+
+def _mean(values: list) -> float | None:
+    values = [float(v) for v in values if v is not None]
+    return float(sum(values) / len(values)) if values else None
+
+
+def _std(values: list) -> float | None:
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return None
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return float((sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5)
+
+
+def mean_history(histories: list[list[dict]]) -> list[dict]:
+    """Rows averaged over seeds (the first seed's when the seeds' steps differ)."""
+    first = histories[0]
+    if any([r["step"] for r in h] != [r["step"] for r in first] for h in histories[1:]):
+        return first
+    return [
+        {key: _mean([h[i][key] for h in histories]) for key in row} for i, row in enumerate(first)
+    ]
+
+
+PER_SEED_NUMBERS = ("best_fitness", "solution_fitness", "evaluations", "wall_clock_s")
+
+
+def aggregate(method: ProblemMethod, es, per_seed: list[dict], target: float | None) -> dict:
+    """One method's summary: the per-seed results, and the mean and sample standard deviation
+    (``<key>_std``) of each number over seeds; ``evaluations_to_target`` is the mean over the
+    seeds that reached the target (``seeds_reaching_target`` of them)."""
+    summary: dict[str, Any] = {
+        "label": method.label,
+        "strategy": method.strategy,
+        "population_size": es.population_size,
+        "reported_solution": es.capabilities.solution,
+        "generations": method.generations,
+        "eval_every": method.every,
+        "seeds": [s["seed"] for s in per_seed],
+    }
+    for key in PER_SEED_NUMBERS:
+        values = [s.get(key) for s in per_seed]
+        summary[key] = _mean(values)
+        summary[f"{key}_std"] = _std(values)
+    fitness = [s["best_fitness"] for s in per_seed]
+    summary["best_fitness_min"] = min(fitness)
+    summary["best_fitness_max"] = max(fitness)
+    summary["compile_s"] = float(sum(s["compile_s"] for s in per_seed))
+    reached = [
+        s["evaluations_to_target"] for s in per_seed if s["evaluations_to_target"] is not None
+    ]
+    summary["target_fitness"] = target
+    summary["evaluations_to_target"] = _mean(reached)
+    summary["seeds_reaching_target"] = len(reached)
+    summary["terminated"] = sum(bool(s["terminated"]) for s in per_seed)
+    summary["per_seed"] = [{k: v for k, v in s.items() if k != "history"} for s in per_seed]
+    summary["history"] = mean_history([s["history"] for s in per_seed])
+    return summary
+
+
+def run_method(
+    config: ProblemComparisonConfig,
+    method: ProblemMethod,
+    problems: dict[int, ProblemSetup],
+    run_dir: Path,
+    *,
+    progress: bool = True,
+    es: Strategy | None = None,
+) -> dict:
+    """One method at every seed of ``config`` (``problems``: each seed's problem; ``es``: the
+    method's strategy, built from its section when not given); writes its per-seed
+    ``metrics.csv`` and ``solution.msgpack`` and its ``summary.json``."""
+    if es is None:
+        es = build_strategy(method.strategy, config.config_dir)
+    steps = {}  # one step function and compiled chunks per distinct problem object
+    per_seed = []
+    for seed in config.seeds:
+        problem = problems[seed]
+        _, init_key, run_key = seed_keys(seed)
+        if id(problem) not in steps:
+            step_fn = make_generation(
+                es,
+                problem.fitness_fn,
+                batch_size=method.population_batch_size,
+                fitness_takes_key=problem.fitness_takes_key,
+            )
+            steps[id(problem)] = (step_fn, make_evaluate(es, problem), {})
+        step_fn, evaluate, compiled = steps[id(problem)]
+        result = timed_run(
+            step_fn,
+            es.init(init_key, problem.x0),
+            run_key,
+            method.generations,
+            counter=lambda s: s.generation,
+            evaluate=evaluate,
+            eval_every=method.every,
+            forward_passes_per_step=es.population_size,
+            count_forward_passes=lambda s: s.evaluations,
+            progress=progress,
+            description=f"{method.label} seed {seed}",
+            compiled=compiled,
+        )
+        history = [
+            {**{k: row[k] for k in RUN_COLUMNS}, "evaluations": int(row["forward_passes"]), **row}
+            for row in result.history
+        ]
+        state, final = result.state, history[-1]
+        seed_dir = run_dir / method.label / f"seed_{seed}"
+        write_metrics_csv(seed_dir / "metrics.csv", history)
+        checkpoint.save_solution(
+            seed_dir / SOLUTION_FILE,
+            state.unravel(es.solution(state)),
+            {
+                "strategy": es.name,
+                "reported_solution": es.capabilities.solution,
+                "label": method.label,
+                "seed": seed,
+                "best_fitness": final["best_fitness"],
+            },
+        )
+        per_seed.append(
+            {
+                "seed": seed,
+                "best_fitness": final["best_fitness"],
+                "solution_fitness": final.get("solution_fitness"),
+                "evaluations": int(state.evaluations),
+                "generations": int(state.generation),
+                "wall_clock_s": final["wall_clock_s"],
+                "compile_s": result.compile_seconds,
+                "evaluations_to_target": evaluations_to_target(history, config.target_fitness),
+                "terminated": bool(es.terminated(state)),
+                "history": history,
+            }
+        )
+    summary = aggregate(method, es, per_seed, config.target_fitness)
+    write_json(
+        run_dir / method.label / METHOD_SUMMARY_FILE,
+        {k: v for k, v in summary.items() if k != "history"},
+    )
+    return summary
+
+
+def build_problems(config: ProblemComparisonConfig) -> dict[int, ProblemSetup]:
+    """Each seed's problem from ``fold_in(key(seed), 0)``: one object shared by every seed when
+    the problem does not depend on its key (:func:`seed_free`)."""
+    problems: dict[int, ProblemSetup] = {}
+    for seed in config.seeds:
+        if problems and seed_free(config.problem):
+            problems[seed] = next(iter(problems.values()))
+        else:
+            problems[seed] = build_problem(config.problem, seed_keys(seed)[0], config.config_dir)
+    return problems
+
+
+def run_problem_comparison(
+    config: ProblemComparisonConfig,
+    *,
+    output_dir: str | Path | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict:
+    """Run every method at every seed and write all outputs (module docstring) to
+    ``<output_dir or config.output_dir>/<name>/``; a folder holding an earlier comparison's
+    outputs is refused unless ``overwrite`` (which removes only esjax's own outputs).
+
+    Returns:
+      ``{"run_dir", "methods": [summary, ...]}``; a summary's ``history`` is the mean curve.
+    """
+    run_dir = Path(output_dir or config.output_dir) / config.name
+    outputs = ("summary.json", "comparison.md", "fitness.png", *(m.label for m in config.methods))
+    # Every strategy and problem is built before anything runs or the folder is claimed: a bad
+    # argument fails the comparison at once and leaves no empty folder behind.
+    strategies = [build_strategy(m.strategy, config.config_dir) for m in config.methods]
+    problems = build_problems(config)
+    claim_run_dir(run_dir, outputs, resume=False, overwrite=overwrite)
+    summaries = [
+        run_method(config, method, problems, run_dir, progress=progress, es=es)
+        for method, es in zip(config.methods, strategies, strict=True)
+    ]
+    context = {
+        "name": config.name,
+        "problem": config.problem,
+        "seeds": list(config.seeds),
+        "target_fitness": config.target_fitness,
+        "machine": report.machine_description(),
+    }
+    plot_fitness(summaries, run_dir / "fitness.png", context)
+    write_comparison_md(run_dir / "comparison.md", context, summaries)
+    write_json(
+        run_dir / "summary.json",
+        {
+            **context,
+            "output_dir": str(run_dir.parent),
+            "methods": [{k: v for k, v in s.items() if k != "history"} for s in summaries],
+            "config": config.raw,
+        },
+    )
+    return {"run_dir": str(run_dir), "methods": summaries}
+
+
+def _number(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.4g}"
+
+
+def _count(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.0f}"
+
+
+def problem_table(summaries: list[dict], target: float | None) -> str:
+    """A Markdown table: one row per method with its seeds, the final best fitness (mean ± sample
+    std over seeds), evaluations, wall-clock and evaluations to the target."""
+    to_target = "evaluations to target" if target is None else f"evaluations to ≤ {target:.3g}"
+    lines = [
+        "| method | seeds | best fitness mean ± std | evaluations | wall-clock (s) "
+        f"| {to_target} (seeds reached) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        seeds = len(s["seeds"])
+        if target is None:
+            hit = "no target"
+        elif s["seeds_reaching_target"] == 0:
+            hit = f"not reached (0/{seeds})"
+        else:
+            hit = f"{_count(s['evaluations_to_target'])} ({s['seeds_reaching_target']}/{seeds})"
+        lines.append(
+            f"| {s['label']} | {seeds} | {_number(s['best_fitness'])} ± "
+            f"{_number(s['best_fitness_std'])} | {_count(s['evaluations'])} "
+            f"| {s['wall_clock_s']:.3g} | {hit} |"
+        )
+    return "\n".join(lines)
+
+
+NOTE = (
+    "Evaluations are each strategy's own count of fitness evaluations (state.evaluations; for "
+    "Nelder-Mead what its sequential rule would have evaluated). Wall-clock is the run only: "
+    "each scanned chunk is compiled ahead of time (compile time is in summary.json) and the "
+    "recorded rows are evaluated outside the timed region. Best fitness is the best member seen; "
+    "solution fitness (metrics.csv, summary.json) is the fitness of the solution the strategy "
+    "reports (its mean, or its best member). Evaluations to target is the mean over the seeds "
+    "that reached it, resolved to eval_every generations."
+)
+
+
+def write_comparison_md(path: Path, context: dict, summaries: list[dict]) -> None:
+    """``comparison.md``: the setup, the summary table, accounting and the plot."""
+    seeds = context["seeds"]
+    lines = [
+        f"# {context['name']}",
+        "",
+        f"Problem: {problem_description(context['problem'])}; {len(seeds)} seed(s) {seeds}: "
+        "within a seed every method starts from the same problem and initial solution. "
+        f"Ran on {context['machine']}.",
+        "",
+        problem_table(summaries, context["target_fitness"]),
+        "",
+    ]
+    stopped = [
+        f"{s['label']} ({s['terminated']}/{len(s['seeds'])})" for s in summaries if s["terminated"]
+    ]
+    if stopped:
+        lines += [
+            "Stopped early by their own termination signal (seeds): " + ", ".join(stopped) + ".",
+            "",
+        ]
+    lines += [
+        NOTE,
+        "",
+        "![best fitness vs evaluations](fitness.png)",
+        "",
+    ]
+    replace_text(path, "\n".join(lines))
+
+
+def fitness_figure(summaries: list[dict], title: str = ""):
+    """Mean best fitness over seeds against mean evaluations, one line per method; a log y axis
+    when every finite value is positive, else symlog. Non-finite rows are left out."""
+    figure, axes = report._figure()
+    every = []
+    for s in summaries:
+        rows = [
+            r
+            for r in s["history"]
+            if r["best_fitness"] is not None and math.isfinite(r["best_fitness"])
+        ]
+        every += [r["best_fitness"] for r in rows]
+        axes.plot(
+            [r["evaluations"] for r in rows],
+            [r["best_fitness"] for r in rows],
+            "-",
+            marker=".",
+            color=report.method_colour(s["label"]),
+            label=s["label"],
+        )
+    if every and min(every) > 0:
+        axes.set_yscale("log")
+    else:
+        positive = [abs(v) for v in every if v != 0]
+        axes.set_yscale("symlog", linthresh=min(positive) if positive else 1.0)
+    axes.set_xlabel("fitness evaluations")
+    axes.set_ylabel("best fitness (mean over seeds)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def plot_fitness(summaries: list[dict], path: Path, context: dict) -> Path:
+    """``fitness.png`` (:func:`fitness_figure`), titled with the problem and the machine."""
+    title = f"{problem_description(context['problem'])} · {context['machine']}"
+    fitness_figure(summaries, title).savefig(path, dpi=120)
+    return path
+
+
+__all__ = [
+    "METHOD_KEYS",
+    "ProblemComparisonConfig",
+    "ProblemMethod",
+    "TOP_KEYS",
+    "aggregate",
+    "build_problems",
+    "evaluations_to_target",
+    "fitness_figure",
+    "is_problem_comparison",
+    "load_problem_comparison",
+    "make_evaluate",
+    "parse_problem_comparison",
+    "plot_fitness",
+    "problem_table",
+    "run_method",
+    "run_problem_comparison",
+    "seed_free",
+    "write_comparison_md",
+]

@@ -1,0 +1,210 @@
+"""``esjax compare`` of a config with a ``problem`` section (esjax.experiments.problem_compare)."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from esjax import checkpoint, cli
+from esjax.experiments.config import parse_config
+from esjax.experiments.problem_compare import (
+    load_problem_comparison,
+    parse_problem_comparison,
+    run_problem_comparison,
+)
+from esjax.experiments.runner import run_experiment
+
+ROOT = Path(__file__).resolve().parent.parent
+PROBLEM = {"name": "rastrigin", "num_dims": 3, "x0": 2.0}
+CMA = {"name": "cma_es", "population_size": 6, "sigma": 1.0}
+PSO = {"name": "pso", "population_size": 8}
+
+
+def config(**changes) -> dict:
+    raw = {
+        "name": "tiny",
+        "problem": PROBLEM,
+        "seeds": [0, 1],
+        "eval_every": 4,
+        "target_fitness": 5.0,
+        "methods": [
+            {"label": "cma_es", "strategy": CMA, "generations": 12},
+            {"label": "pso", "strategy": PSO, "generations": 12},
+        ],
+    }
+    raw.update(changes)
+    return raw
+
+
+def rows(path: Path) -> list[dict]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize(
+    "problem, seeds",
+    [
+        (PROBLEM, [3]),
+        # A problem drawn from the key: every seed builds and compiles its own.
+        ({**PROBLEM, "shift_scale": 1.0, "rotate": True}, [0, 3]),
+    ],
+)
+def test_one_method_reproduces_esjax_run(tmp_path, problem, seeds):
+    run = parse_config(
+        {
+            "name": "single",
+            "seed": 3,
+            "generations": 12,
+            "log_every": 4,
+            "strategy": CMA,
+            "problem": problem,
+        }
+    )
+    expected = run_experiment(run, progress=False, output_dir=tmp_path / "run")
+    raw = config(
+        problem=problem,
+        seeds=seeds,
+        methods=[{"label": "cma_es", "strategy": CMA, "generations": 12}],
+    )
+    result = run_problem_comparison(
+        parse_problem_comparison(raw), output_dir=tmp_path / "cmp", progress=False
+    )
+    (summary,) = result["methods"]
+    mine = summary["per_seed"][-1]
+    assert mine["seed"] == 3
+    assert mine["best_fitness"] == expected["best_fitness"]
+    assert mine["evaluations"] == expected["evaluations"]
+    assert mine["compile_s"] > 0  # the last seed compiled its own chunk: not shared
+    solution = checkpoint.load_solution(Path(result["run_dir"]) / "cma_es/seed_3/solution.msgpack")
+    np.testing.assert_array_equal(
+        solution, checkpoint.load_solution(Path(expected["run_dir"]) / "solution.msgpack")
+    )
+
+
+def test_two_methods_two_seeds_write_every_output(tmp_path):
+    result = run_problem_comparison(
+        parse_problem_comparison(config()), output_dir=tmp_path, progress=False
+    )
+    run_dir = tmp_path / "tiny"
+    assert result["run_dir"] == str(run_dir)
+    for label in ("cma_es", "pso"):
+        summary = json.loads((run_dir / label / "summary.json").read_text())
+        assert summary["seeds"] == [0, 1] and len(summary["per_seed"]) == 2
+        for seed in (0, 1):
+            seed_dir = run_dir / label / f"seed_{seed}"
+            metrics = rows(seed_dir / "metrics.csv")
+            assert len(metrics) == 12 // 4 + 1
+            assert [int(r["step"]) for r in metrics] == [0, 4, 8, 12]
+            assert metrics[-1]["evaluations"] == metrics[-1]["forward_passes"]
+            assert float(metrics[-1]["best_fitness"]) == pytest.approx(
+                summary["per_seed"][seed]["best_fitness"]
+            )
+            assert checkpoint.load_solution(seed_dir / "solution.msgpack").shape == (3,)
+        per_seed = [s["best_fitness"] for s in summary["per_seed"]]
+        assert summary["best_fitness"] == pytest.approx(np.mean(per_seed))
+        assert summary["best_fitness_std"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert summary["per_seed"][1]["compile_s"] == 0.0  # the seeds share one compiled chunk
+    table = (run_dir / "comparison.md").read_text()
+    assert "| cma_es | 2 |" in table and "| pso | 2 |" in table and "rastrigin" in table
+    assert (run_dir / "fitness.png").stat().st_size > 0
+    top = json.loads((run_dir / "summary.json").read_text())
+    assert [m["label"] for m in top["methods"]] == ["cma_es", "pso"]
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        run_problem_comparison(
+            parse_problem_comparison(config()), output_dir=tmp_path, progress=False
+        )
+
+
+def test_own_function_beside_the_config_through_the_cli(tmp_path, capsys):
+    (tmp_path / "pc_own_objective.py").write_text(
+        "import jax.numpy as jnp\n\n\ndef f(x):\n    return jnp.sum((x - 1.0) ** 2)\n"
+    )
+    raw = config(
+        problem={"function": "pc_own_objective:f", "num_dims": 2, "x0": 0.0},
+        seeds=[0],
+        methods=[{"strategy": CMA, "generations": 8}],
+    )
+    path = tmp_path / "own.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    argv = ["compare", str(path), "--output-dir", str(tmp_path / "out"), "--quiet"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| cma_es | 1 |" in out
+    summary = json.loads((tmp_path / "out/tiny/cma_es/summary.json").read_text())
+    assert summary["best_fitness"] < 2.0  # fitness 2 at x0
+
+
+@pytest.mark.parametrize(
+    "change, error, words",
+    [
+        (
+            {"methods": [{"strategy": CMA, "generations": 4, "eval_evry": 2}]},
+            ValueError,
+            ["methods[0]", "eval_evry", "eval_every"],
+        ),
+        (
+            {
+                "methods": [
+                    {"strategy": CMA, "generations": 4},
+                    {"label": "adam", "optimizer": {"name": "adam"}, "steps": 4},
+                ]
+            },
+            ValueError,
+            ["methods[1]", "optimizer", "gradient-free"],
+        ),
+        (
+            {"methods": [{"strategy": "cma_es", "generations": 4}]},
+            TypeError,
+            ["methods[0].strategy"],
+        ),
+        ({"target_fitness": "low"}, TypeError, ["target_fitness"]),
+        ({"eval_every": True}, TypeError, ["eval_every"]),
+        ({"seed": 1}, ValueError, ["seed", "seeds"]),
+        (
+            {"methods": [{"strategy": {**CMA, "sigmaa": 1.0}, "generations": 4}]},
+            ValueError,
+            ["methods[0].strategy", "sigmaa"],
+        ),
+        ({"methods": [{"strategy": CMA}]}, ValueError, ["methods[0]", "generations"]),
+        ({"problem": {"name": "nope", "num_dims": 2}}, ValueError, ["problem.name"]),
+        ({"checkpoint_every": 2}, ValueError, ["checkpoint_every"]),
+    ],
+)
+def test_bad_configs_name_the_key_path(change, error, words):
+    with pytest.raises(error) as raised:
+        parse_problem_comparison(config(**change))
+    for word in words:
+        assert word in str(raised.value)
+
+
+def test_steps_and_methods_overrides():
+    parsed = parse_problem_comparison(config(), steps=7, methods=["pso"])
+    assert [(m.label, m.generations) for m in parsed.methods] == [("pso", 7)]
+    with pytest.raises(ValueError, match="unknown method"):
+        parse_problem_comparison(config(), methods=["adam"])
+
+
+@pytest.mark.parametrize("flag", [["--resume"], ["--checkpoint-every", "2"]])
+def test_resume_and_checkpoints_are_refused(tmp_path, capsys, flag):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config()))
+    argv = ["compare", str(path), "--output-dir", str(tmp_path / "out"), "--quiet", *flag]
+    assert cli.main(argv) == 2
+    assert f"{flag[0]} is not supported for a problem comparison" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_shipped_config_parses():
+    parsed = load_problem_comparison(ROOT / "configs/functions_compare.yaml")
+    assert parsed.seeds == (0, 1, 2)
+    assert [m.label for m in parsed.methods] == [
+        "cma_es",
+        "sep_cma_es",
+        "openai_es",
+        "pso",
+        "differential_evolution",
+        "nelder_mead",
+    ]
