@@ -214,25 +214,21 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _compare_problem(args: argparse.Namespace, methods: list[str] | None) -> int:
-    """``esjax compare`` of a config with a ``problem`` section (no resume or checkpoints)."""
+    """``esjax compare`` of a config with a ``problem`` section."""
     from esjax.experiments.problem_compare import (
         load_problem_comparison,
         problem_table,
         run_problem_comparison,
     )
 
-    for flag, given in (
-        ("--resume", args.resume),
-        ("--checkpoint-every", args.checkpoint_every is not None),
-    ):
-        if given:
-            raise ValueError(
-                f"{flag} is not supported for a problem comparison (a config with 'problem') "
-                "yet: rerun it, with --overwrite to replace its outputs"
-            )
     config = load_problem_comparison(args.config, steps=args.steps, methods=methods)
     result = run_problem_comparison(
-        config, output_dir=args.output_dir, progress=not args.quiet, overwrite=args.overwrite
+        config,
+        output_dir=args.output_dir,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
     )
     print(problem_table(result["methods"], config.target_fitness))
     print(

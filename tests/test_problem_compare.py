@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from esjax import checkpoint, cli
+from esjax.experiments import problem_compare
 from esjax.experiments.config import parse_config
 from esjax.experiments.problem_compare import (
     load_problem_comparison,
@@ -170,7 +171,7 @@ def test_own_function_beside_the_config_through_the_cli(tmp_path, capsys):
         ),
         ({"methods": [{"strategy": CMA}]}, ValueError, ["methods[0]", "generations"]),
         ({"problem": {"name": "nope", "num_dims": 2}}, ValueError, ["problem.name"]),
-        ({"checkpoint_every": 2}, ValueError, ["checkpoint_every"]),
+        ({"checkpoint_every": 0}, ValueError, ["checkpoint_every"]),
     ],
 )
 def test_bad_configs_name_the_key_path(change, error, words):
@@ -187,14 +188,71 @@ def test_steps_and_methods_overrides():
         parse_problem_comparison(config(), methods=["adam"])
 
 
-@pytest.mark.parametrize("flag", [["--resume"], ["--checkpoint-every", "2"]])
-def test_resume_and_checkpoints_are_refused(tmp_path, capsys, flag):
+class Killed(Exception):
+    pass
+
+
+def _without_clock(path: Path) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "wall_clock_s"} for row in rows(path)]
+
+
+def test_a_killed_comparison_resumes_exactly(tmp_path, capsys):
+    raw = config(checkpoint_every=4)  # 2 methods x 2 seeds, 12 generations: saves at 4, 8, 12
+    straight = run_problem_comparison(
+        parse_problem_comparison(raw), output_dir=tmp_path / "straight", progress=False
+    )
+    real_save, saves = checkpoint.save, []
+
+    def dying_save(path, state, metadata=None, **kwargs):
+        real_save(path, state, metadata, **kwargs)
+        saves.append(Path(path))
+        if len(saves) == 8:  # pso, seed 0, generation 8: the process "dies" after the save
+            raise Killed
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpoint, "save", dying_save)
+        with pytest.raises(Killed):
+            run_problem_comparison(
+                parse_problem_comparison(raw), output_dir=tmp_path / "killed", progress=False
+            )
+    assert saves[-1].parent == tmp_path / "killed/tiny/pso/seed_0"
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(config()))
-    argv = ["compare", str(path), "--output-dir", str(tmp_path / "out"), "--quiet", *flag]
-    assert cli.main(argv) == 2
-    assert f"{flag[0]} is not supported for a problem comparison" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    path.write_text(yaml.safe_dump(raw))
+    argv = ["compare", str(path), "--output-dir", str(tmp_path / "killed"), "--quiet"]
+    assert cli.main(argv) == 2  # the folder holds a comparison: neither resumed nor deleted
+    assert "--resume" in capsys.readouterr().err
+    calls = []
+    real_run = problem_compare.resumable_timed_run
+
+    def recording_run(*args, **kwargs):
+        calls.append((kwargs["description"], len(kwargs["history"] or [])))
+        return real_run(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(problem_compare, "resumable_timed_run", recording_run)
+        assert cli.main([*argv, "--resume"]) == 0
+    # cma_es's seeds had finished (reused, not rerun); pso seed 0 continues from generation 8
+    # (rows 0, 4, 8); seed 1 had not started.
+    assert calls == [("pso seed 0", 3), ("pso seed 1", 0)]
+    for label in ("cma_es", "pso"):
+        for seed in (0, 1):
+            part = f"tiny/{label}/seed_{seed}"
+            assert _without_clock(tmp_path / "killed" / part / "metrics.csv") == _without_clock(
+                tmp_path / "straight" / part / "metrics.csv"
+            )
+            np.testing.assert_array_equal(
+                checkpoint.load_solution(tmp_path / "killed" / part / "solution.msgpack"),
+                checkpoint.load_solution(tmp_path / "straight" / part / "solution.msgpack"),
+            )
+    resumed = json.loads((tmp_path / "killed/tiny/summary.json").read_text())
+    for mine, theirs in zip(resumed["methods"], straight["methods"], strict=True):
+        assert mine["best_fitness"] == theirs["best_fitness"]
+        assert mine["evaluations"] == theirs["evaluations"]
+    # Resuming under another config is refused, naming what differs.
+    changed = {**raw, "methods": [{**raw["methods"][0], "generations": 16}, raw["methods"][1]]}
+    path.write_text(yaml.safe_dump(changed))
+    assert cli.main([*argv, "--resume"]) == 2
+    assert "differs in ['method']" in capsys.readouterr().err
 
 
 def test_shipped_config_parses():

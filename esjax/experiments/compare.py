@@ -697,6 +697,64 @@ def _clear_method_dir(method_dir: Path) -> None:
     checkpoint.previous_path(method_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
 
 
+def resumable_timed_run(
+    step_fn: Callable,
+    state: Any,
+    key: jax.Array,
+    num_steps: int,
+    *,
+    run_dir: Path | None,
+    fingerprint: dict,
+    checkpoint_every: int | None,
+    history: list[dict] | None = None,
+    previous_compile: float = 0.0,
+    counter: Callable[[Any], jax.Array],
+    **timed_run_kwargs,
+) -> tuple[Any, float]:
+    """:func:`~esjax.baselines.timed_run` that checkpoints: the one resumable chunked run of
+    both kinds of comparison (a model on a data set, and a problem).
+
+    With ``run_dir`` and ``checkpoint_every = K``, the state, the history rows and the compile
+    seconds are saved (with ``fingerprint``) to ``<run_dir>/checkpoint.msgpack`` at the first
+    evaluation boundary at or after every K steps, and at the end (also when ``stop`` ended the
+    run early). ``state``/``history``/``previous_compile`` are where a resumed run continues
+    from (:func:`_resume_point`).
+
+    Returns:
+      ``(TimedRun, compile seconds of every process that worked on this run)``.
+    """
+    saved_at = [int(counter(state))]
+
+    def save(state, rows: list[dict], compile_seconds: float) -> None:
+        metadata = {
+            "fingerprint": fingerprint,
+            "history": rows,
+            "compile_s": previous_compile + compile_seconds,
+        }
+        checkpoint.save(run_dir / CHECKPOINT_FILE, state, metadata)
+        saved_at[0] = rows[-1]["step"]
+
+    def on_chunk(state, rows: list[dict], compile_seconds: float) -> None:
+        done = rows[-1]["step"]
+        if done // checkpoint_every > saved_at[0] // checkpoint_every or done >= num_steps:
+            save(state, rows, compile_seconds)
+
+    saving = run_dir is not None and checkpoint_every is not None
+    result = timed_run(
+        step_fn,
+        state,
+        key,
+        num_steps,
+        counter=counter,
+        history=history,
+        on_chunk=on_chunk if saving else None,
+        **timed_run_kwargs,
+    )
+    if saving and saved_at[0] != result.steps:
+        save(result.state, result.history, result.compile_seconds)  # stopped early
+    return result, previous_compile + result.compile_seconds
+
+
 def run_method(
     method: MethodConfig,
     dataset: Dataset,
@@ -765,27 +823,16 @@ def run_method(
             _check_fingerprint(summary_path, summary.pop("fingerprint", None), fingerprint)
             return summary
         state, history, previous_compile = _resume_point(method_dir, setup.state, fingerprint)
-    saved_at = [int(setup.counter(state))]
-
-    def save(state, rows: list[dict], compile_seconds: float) -> None:
-        metadata = {
-            "fingerprint": fingerprint,
-            "history": rows,
-            "compile_s": previous_compile + compile_seconds,
-        }
-        checkpoint.save(method_dir / CHECKPOINT_FILE, state, metadata)
-        saved_at[0] = rows[-1]["step"]
-
-    def on_chunk(state, rows: list[dict], compile_seconds: float) -> None:
-        done = rows[-1]["step"]
-        if done // checkpoint_every > saved_at[0] // checkpoint_every or done >= method.steps:
-            save(state, rows, compile_seconds)
-
-    result = timed_run(
+    result, compile_seconds = resumable_timed_run(
         setup.step_fn,
         state,
         jax.random.fold_in(jax.random.key(seed), 2),
         method.steps,
+        run_dir=method_dir if checkpoint_every is not None else None,
+        fingerprint=fingerprint,
+        checkpoint_every=checkpoint_every,
+        history=history,
+        previous_compile=previous_compile,
         counter=setup.counter,
         evaluate=setup.evaluate,
         eval_every=method.eval_every,
@@ -793,8 +840,6 @@ def run_method(
         stop=stop,
         progress=progress,
         description=method.label,
-        history=history,
-        on_chunk=None if checkpoint_every is None else on_chunk,
         count_forward_passes=setup.count_forward_passes,
         compiled=compiled,
     )
@@ -813,7 +858,7 @@ def run_method(
         "forward_passes_per_step": setup.forward_passes_per_step,
         "forward_passes": final["forward_passes"],
         "wall_clock_s": final["wall_clock_s"],
-        "compile_s": previous_compile + result.compile_seconds,
+        "compile_s": compile_seconds,
         "final_test_accuracy": final["test_accuracy"],
         "final_test_loss": final["test_loss"],
         "best_test_accuracy": max(row["test_accuracy"] for row in result.history),
@@ -821,8 +866,6 @@ def run_method(
         "history": result.history,
     }
     if method_dir is not None:
-        if checkpoint_every is not None and saved_at[0] != result.steps:
-            save(result.state, result.history, result.compile_seconds)  # stopped at the target
         method_dir.mkdir(parents=True, exist_ok=True)
         if setup.solution is not None:
             checkpoint.save_solution(

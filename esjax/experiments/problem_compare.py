@@ -32,12 +32,14 @@ Outputs in ``<output_dir>/<name>/``: per method ``<label>/seed_<s>/metrics.csv``
 ``solution_fitness``, the fitness of the solution the strategy reports),
 ``<label>/seed_<s>/solution.msgpack`` (:func:`esjax.checkpoint.load_solution`) and
 ``<label>/summary.json`` (per seed and mean ± std); ``summary.json``, ``comparison.md`` and
-``fitness.png`` (mean best fitness against evaluations). Resuming is not supported yet.
+``fitness.png`` (mean best fitness against evaluations). ``checkpoint_every``/``--checkpoint-every``
+and ``--resume`` work as in a dataset comparison, a seed at a time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -46,8 +48,8 @@ import jax
 
 from esjax import checkpoint, nn
 from esjax.base import Strategy, check_int
-from esjax.baselines import timed_run
 from esjax.experiments import report, schema
+from esjax.experiments.compare import CHECKPOINT_FILE, _resume_point, resumable_timed_run
 from esjax.experiments.config import (
     RESIDUAL_STRATEGIES,
     SEED_RANGE,
@@ -78,6 +80,7 @@ TOP_KEYS = {
     "target_fitness": (*NUMBER, type(None)),
     "output_dir": str,
     "methods": list,
+    "checkpoint_every": (int, type(None)),
 }
 METHOD_KEYS = {
     "label": str,
@@ -131,6 +134,7 @@ class ProblemComparisonConfig:
     target_fitness: float | None
     output_dir: str
     raw: dict
+    checkpoint_every: int | None = None
     config_dir: str | None = dataclasses.field(default=None, compare=False)
 
 
@@ -252,6 +256,9 @@ def parse_problem_comparison(
         target_fitness=target,
         output_dir=raw.get("output_dir", "results"),
         raw=raw,
+        checkpoint_every=None
+        if raw.get("checkpoint_every") is None
+        else check_int("checkpoint_every", raw["checkpoint_every"], 1),
         config_dir=config_dir,
     )
 
@@ -388,6 +395,38 @@ def aggregate(method: ProblemMethod, es, per_seed: list[dict], target: float | N
     return summary
 
 
+def seed_fingerprint(config: ProblemComparisonConfig, method: ProblemMethod, seed: int) -> dict:
+    """Everything that changes one method's run at one seed: a checkpoint or a finished seed's
+    summary resumes only under the same (:func:`esjax.experiments.schema.check_fingerprint`)."""
+    return schema.fingerprint(
+        {
+            "method": dataclasses.asdict(method),
+            "problem": config.problem,
+            "seed": seed,
+            "target_fitness": config.target_fitness,
+        }
+    )
+
+
+REMEDY = "resume with the config (and --steps/--output-dir) that wrote it, or pass --overwrite"
+
+
+def _clear_seed_dir(seed_dir: Path) -> None:
+    # A fresh (not resumed) run leaves no earlier run's outputs where --resume would find them.
+    for name in (METHOD_SUMMARY_FILE, CHECKPOINT_FILE, SOLUTION_FILE, "metrics.csv"):
+        (seed_dir / name).unlink(missing_ok=True)
+    checkpoint.previous_path(seed_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+
+
+def _finished_seed(seed_dir: Path, fingerprint: dict) -> dict | None:
+    path = seed_dir / METHOD_SUMMARY_FILE
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    schema.check_fingerprint(path, saved.pop("fingerprint", None), fingerprint, remedy=REMEDY)
+    return saved
+
+
 def run_method(
     config: ProblemComparisonConfig,
     method: ProblemMethod,
@@ -396,10 +435,17 @@ def run_method(
     *,
     progress: bool = True,
     es: Strategy | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> dict:
     """One method at every seed of ``config`` (``problems``: each seed's problem; ``es``: the
     method's strategy, built from its section when not given); writes its per-seed
-    ``metrics.csv`` and ``solution.msgpack`` and its ``summary.json``."""
+    ``metrics.csv``, ``solution.msgpack`` and ``summary.json`` and its ``summary.json``.
+
+    ``checkpoint_every = K`` saves each seed's state to ``<label>/seed_<s>/checkpoint.msgpack``
+    at the first recorded row at or after every K generations (the dataset comparison's rule);
+    ``resume=True`` reuses finished seeds and continues an interrupted one from its checkpoint,
+    with every row but wall-clock equal to an uninterrupted run's."""
     if es is None:
         es = build_strategy(method.strategy, config.config_dir)
     steps = {}  # one step function and compiled chunks per distinct problem object
@@ -407,6 +453,14 @@ def run_method(
     for seed in config.seeds:
         problem = problems[seed]
         _, init_key, run_key = seed_keys(seed)
+        seed_dir = run_dir / method.label / f"seed_{seed}"
+        fingerprint = seed_fingerprint(config, method, seed)
+        if not resume:
+            _clear_seed_dir(seed_dir)
+        finished = _finished_seed(seed_dir, fingerprint) if resume else None
+        if finished is not None:
+            per_seed.append(finished)
+            continue
         if id(problem) not in steps:
             step_fn = make_generation(
                 es,
@@ -416,11 +470,20 @@ def run_method(
             )
             steps[id(problem)] = (step_fn, make_evaluate(es, problem), {})
         step_fn, evaluate, compiled = steps[id(problem)]
-        result = timed_run(
+        state, history, previous_compile = es.init(init_key, problem.x0), None, 0.0
+        if resume:
+            state, history, previous_compile = _resume_point(seed_dir, state, fingerprint)
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        result, compile_seconds = resumable_timed_run(
             step_fn,
-            es.init(init_key, problem.x0),
+            state,
             run_key,
             method.generations,
+            run_dir=seed_dir if checkpoint_every is not None else None,
+            fingerprint=fingerprint,
+            checkpoint_every=checkpoint_every,
+            history=history,
+            previous_compile=previous_compile,
             counter=lambda s: s.generation,
             evaluate=evaluate,
             eval_every=method.every,
@@ -435,7 +498,6 @@ def run_method(
             for row in result.history
         ]
         state, final = result.state, history[-1]
-        seed_dir = run_dir / method.label / f"seed_{seed}"
         write_metrics_csv(seed_dir / "metrics.csv", history)
         checkpoint.save_solution(
             seed_dir / SOLUTION_FILE,
@@ -448,20 +510,24 @@ def run_method(
                 "best_fitness": final["best_fitness"],
             },
         )
-        per_seed.append(
-            {
-                "seed": seed,
-                "best_fitness": final["best_fitness"],
-                "solution_fitness": final.get("solution_fitness"),
-                "evaluations": int(state.evaluations),
-                "generations": int(state.generation),
-                "wall_clock_s": final["wall_clock_s"],
-                "compile_s": result.compile_seconds,
-                "evaluations_to_target": evaluations_to_target(history, config.target_fitness),
-                "terminated": bool(es.terminated(state)),
-                "history": history,
-            }
+        seed_summary = {
+            "seed": seed,
+            "best_fitness": final["best_fitness"],
+            "solution_fitness": final.get("solution_fitness"),
+            "evaluations": int(state.evaluations),
+            "generations": int(state.generation),
+            "wall_clock_s": final["wall_clock_s"],
+            "compile_s": compile_seconds,
+            "evaluations_to_target": evaluations_to_target(history, config.target_fitness),
+            "terminated": bool(es.terminated(state)),
+            "history": history,
+        }
+        # Written last: a seed with a summary is finished, and --resume reuses it as it is.
+        seed_summary = write_json(
+            seed_dir / METHOD_SUMMARY_FILE, {**seed_summary, "fingerprint": fingerprint}
         )
+        seed_summary.pop("fingerprint")
+        per_seed.append(seed_summary)
     summary = aggregate(method, es, per_seed, config.target_fitness)
     write_json(
         run_dir / method.label / METHOD_SUMMARY_FILE,
@@ -488,10 +554,18 @@ def run_problem_comparison(
     output_dir: str | Path | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> dict:
     """Run every method at every seed and write all outputs (module docstring) to
     ``<output_dir or config.output_dir>/<name>/``; a folder holding an earlier comparison's
-    outputs is refused unless ``overwrite`` (which removes only esjax's own outputs).
+    outputs is refused unless ``resume`` or ``overwrite`` (which removes only esjax's own
+    outputs).
+
+    ``checkpoint_every`` (default: the config's) checkpoints every seed of every method
+    (:func:`run_method`); ``resume=True`` continues a killed comparison: finished seeds are
+    reused, the interrupted one continues from its checkpoint, and every number but wall-clock
+    and compile time equals the uninterrupted comparison's.
 
     Returns:
       ``{"run_dir", "methods": [summary, ...]}``; a summary's ``history`` is the mean curve.
@@ -502,9 +576,22 @@ def run_problem_comparison(
     # argument fails the comparison at once and leaves no empty folder behind.
     strategies = [build_strategy(m.strategy, config.config_dir) for m in config.methods]
     problems = build_problems(config)
-    claim_run_dir(run_dir, outputs, resume=False, overwrite=overwrite)
+    if checkpoint_every is None:
+        checkpoint_every = config.checkpoint_every
+    else:
+        checkpoint_every = check_int("checkpoint_every (--checkpoint-every)", checkpoint_every, 1)
+    claim_run_dir(run_dir, outputs, resume=resume, overwrite=overwrite)
     summaries = [
-        run_method(config, method, problems, run_dir, progress=progress, es=es)
+        run_method(
+            config,
+            method,
+            problems,
+            run_dir,
+            progress=progress,
+            es=es,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+        )
         for method, es in zip(config.methods, strategies, strict=True)
     ]
     context = {
