@@ -4,6 +4,7 @@ import csv
 import json
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
@@ -147,14 +148,37 @@ def test_own_function_beside_the_config_through_the_cli(tmp_path, capsys):
             ["methods[0]", "eval_evry", "eval_every"],
         ),
         (
+            {"methods": [{"strategy": CMA, "generations": 4}, {"elm": {}, "steps": 4}]},
+            ValueError,
+            ["methods[1]", "'elm'", "a task and a model"],
+        ),
+        (
+            {"methods": [{"strategy": CMA, "optimizer": {"name": "adam"}, "steps": 4}]},
+            ValueError,
+            ["methods[0]", "exactly one of 'strategy'", "'optimizer'"],
+        ),
+        (
+            {"methods": [{"optimizer": {"name": "adamm"}, "steps": 4}]},
+            ValueError,
+            ["methods[0].optimizer", "adamm"],
+        ),
+        (
+            {"methods": [{"optimizer": {"name": "adam"}, "steps": 4}]},
+            TypeError,
+            ["methods[0].optimizer", "learning_rate"],
+        ),
+        (
             {
-                "methods": [
-                    {"strategy": CMA, "generations": 4},
-                    {"label": "adam", "optimizer": {"name": "adam"}, "steps": 4},
-                ]
+                "problem": {"name": "cartpole"},
+                "methods": [{"optimizer": {"name": "adam"}, "steps": 4}],
             },
             ValueError,
-            ["methods[1]", "optimizer", "gradient-free"],
+            ["methods[0].optimizer", "'cartpole' has no useful gradient", "discrete actions"],
+        ),
+        (
+            {"methods": [{"strategy": CMA, "generations": 4, "steps": 4}]},
+            ValueError,
+            ["methods[0]", "both 'generations' and 'steps'"],
         ),
         (
             {"methods": [{"strategy": "cma_es", "generations": 4}]},
@@ -265,4 +289,43 @@ def test_shipped_config_parses():
         "pso",
         "differential_evolution",
         "nelder_mead",
+        "adam",
     ]
+
+
+def test_an_optax_baseline_on_the_problems_own_gradient(tmp_path):
+    import jax
+    import optax
+
+    from esjax.problems import sphere
+
+    raw = config(
+        problem={"name": "sphere", "num_dims": 3, "x0": 2.0},
+        methods=[
+            {"label": "adam", "optimizer": {"name": "adam", "learning_rate": 0.1}, "steps": 12},
+            {"label": "cma_es", "strategy": CMA, "generations": 12},
+        ],
+    )
+    result = run_problem_comparison(
+        parse_problem_comparison(raw), output_dir=tmp_path, progress=False
+    )
+    adam, cma = result["methods"]
+    assert (adam["kind"], cma["kind"]) == ("gradient", "gradient-free")
+    assert adam["evaluations"] == 12 * 3  # the backward pass counts as 2 forward passes
+    # The iterate is exactly an optax loop on jax.grad of the fitness (no key: both seeds equal).
+    params, optimizer = jnp.full(3, 2.0), optax.adam(0.1)
+    state = optimizer.init(params)
+    for _ in range(12):
+        updates, state = optimizer.update(jax.grad(sphere)(params), state, params)
+        params = optax.apply_updates(params, updates)
+    for seed in (0, 1):
+        seed_dir = tmp_path / "tiny" / "adam" / f"seed_{seed}"
+        np.testing.assert_allclose(
+            checkpoint.load_solution(seed_dir / "solution.msgpack"), params, rtol=1e-5
+        )
+        table = rows(seed_dir / "metrics.csv")
+        assert [int(r["evaluations"]) for r in table] == [0, 12, 24, 36]
+        fitness = [float(r["solution_fitness"]) for r in table]
+        best = [float(r["best_fitness"]) for r in table]
+        assert best == list(np.minimum.accumulate(fitness))  # lowest iterate so far
+    assert "dashed in the plot" in (tmp_path / "tiny" / "comparison.md").read_text()

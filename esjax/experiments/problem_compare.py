@@ -16,8 +16,11 @@ solution, and is measured by the same loop (:func:`esjax.baselines.timed_run`)::
 
 A method may set ``eval_every`` and ``population_batch_size`` (evaluate the population in chunks
 of that many members); a top-level ``generations`` is the default of every method without its
-own. Only ``strategy`` methods: gradient (``optimizer``) and ``elm`` methods need a model and a
-data set, which is what a ``task``/``model`` comparison (:mod:`esjax.experiments.compare`) is for.
+own. A method is a gradient-free ``strategy`` or an optax gradient baseline, ``optimizer:
+{name: adam, learning_rate: 0.01}`` with ``steps``, run on the problem's own gradient (refused
+for problems without a useful one: :data:`NOT_DIFFERENTIABLE`); ``elm`` methods need a model and
+a data set, which is what a ``task``/``model`` comparison (:mod:`esjax.experiments.compare`) is
+for.
 
 Keys, as in :func:`esjax.experiments.runner.run_experiment`: the problem uses
 ``fold_in(key(seed), 0)``, a strategy's ``init`` ``fold_in(key(seed), 1)`` and the generations
@@ -41,18 +44,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from esjax import checkpoint, nn
 from esjax.base import Strategy, check_int
+from esjax.baselines import BACKWARD_COST_IN_FORWARDS, GradientState, optax_trainer
 from esjax.experiments import report, schema
 from esjax.experiments.compare import CHECKPOINT_FILE, _resume_point, resumable_timed_run
 from esjax.experiments.config import (
     RESIDUAL_STRATEGIES,
     SEED_RANGE,
+    build_optimizer,
     build_strategy,
     select_methods,
     validate_strategy_section,
@@ -85,12 +92,19 @@ TOP_KEYS = {
 METHOD_KEYS = {
     "label": str,
     "strategy": dict,
+    "optimizer": dict,
     "generations": int,
+    "steps": int,
     "eval_every": (int, type(None)),
     "population_batch_size": (int, type(None)),
 }
 # Method kinds of a dataset comparison that a problem comparison cannot run.
-GRADIENT_KEYS = ("optimizer", "elm")
+GRADIENT_KEYS = ("elm",)
+# Problems whose fitness has no useful gradient, and why.
+NOT_DIFFERENTIABLE = {
+    "cartpole": "its policy picks discrete actions (an argmax), so the episode return has a zero "
+    "gradient almost everywhere",
+}
 SOLUTION_FILE = "solution.msgpack"
 METHOD_SUMMARY_FILE = "summary.json"
 RUN_COLUMNS = ("step", "wall_clock_s", "forward_passes")  # timed_run's, before evaluations
@@ -103,17 +117,25 @@ class ProblemMethod:
 
     Attributes:
       label: its name in tables, plots and the output folder.
-      strategy: the strategy section (``{name: ..., **factory arguments}``).
-      generations: generations to run (>= 1).
+      strategy: the strategy section (``{name: ..., **factory arguments}``), or None for a
+        gradient method.
+      generations: generations (a gradient method: optax steps) to run (>= 1).
       eval_every: generations between recorded rows (None: about :data:`DEFAULT_ROWS` rows).
       population_batch_size: evaluate the population this many members at a time (None: all).
+      optimizer: a gradient method's optax section (``{name: adam, learning_rate: ...}``).
     """
 
     label: str
-    strategy: dict
+    strategy: dict | None
     generations: int
     eval_every: int | None = None
     population_batch_size: int | None = None
+    optimizer: dict | None = None
+
+    @property
+    def kind(self) -> str:
+        """``"gradient"`` (an optax optimizer on the problem's gradient) or ``"gradient-free"``."""
+        return "gradient" if self.optimizer is not None else "gradient-free"
 
     @property
     def every(self) -> int:
@@ -168,27 +190,51 @@ def _parse_method(
     defaults: dict,
     steps: int | None,
     config_dir: str | None,
+    problem: dict,
 ) -> ProblemMethod:
     if isinstance(raw, dict):
         gradient = [key for key in GRADIENT_KEYS if key in raw]
         if gradient:
             raise ValueError(
-                f"{where} has {gradient[0]!r}: a problem comparison runs gradient-free "
-                "'strategy' methods only (optimizer and elm methods need a task and a model: "
-                "see esjax.experiments.compare)"
+                f"{where} has {gradient[0]!r}: an ELM fits a model's readout on a data set, so it "
+                "needs a task and a model (see esjax.experiments.compare)"
             )
-    schema.check_section(where, raw, METHOD_KEYS, ("strategy",), label=where)
-    validate_strategy_section(raw["strategy"], f"{where}.strategy", config_dir)
-    label = raw.get("label", raw["strategy"]["name"])
+    schema.check_section(where, raw, METHOD_KEYS, label=where)
+    if ("strategy" in raw) == ("optimizer" in raw):
+        raise ValueError(
+            f"{where} needs exactly one of 'strategy' (gradient-free) or 'optimizer' (an optax "
+            f"gradient baseline), got {sorted(raw)}"
+        )
+    if "strategy" in raw:
+        validate_strategy_section(raw["strategy"], f"{where}.strategy", config_dir)
+        name = raw["strategy"]["name"]
+    else:
+        if "name" not in raw["optimizer"]:
+            raise ValueError(f"{where}.optimizer needs a 'name' (an optax optimizer, e.g. adam)")
+        name = raw["optimizer"]["name"]
+        reason = NOT_DIFFERENTIABLE.get(problem.get("name"))
+        if reason is not None:
+            raise ValueError(
+                f"{where}.optimizer: problem {problem['name']!r} has no useful gradient: {reason}"
+            )
+        try:  # unknown optimizers and arguments fail here, before anything runs
+            build_optimizer(raw["optimizer"])
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{where}.optimizer: {error}") from None
+    label = raw.get("label", name)
     check_run_name(label, f"{where}.label")
+    if "generations" in raw and "steps" in raw:
+        raise ValueError(f"{where} sets both 'generations' and 'steps' (the same budget): keep one")
+    budget = raw.get("generations", raw.get("steps"))
     if steps is not None:
         generations = check_int("--steps", steps, 1)
-    elif "generations" in raw:
-        generations = check_int(f"{where}.generations", raw["generations"], 1)
+    elif budget is not None:
+        key = "generations" if "generations" in raw else "steps"
+        generations = check_int(f"{where}.{key}", budget, 1)
     elif defaults["generations"] is not None:
         generations = defaults["generations"]
     else:
-        raise ValueError(f"{where} needs 'generations' (or a top-level 'generations')")
+        raise ValueError(f"{where} needs 'generations' or 'steps' (or a top-level 'generations')")
     eval_every = raw.get("eval_every", defaults["eval_every"])
     if eval_every is not None:
         eval_every = check_int(f"{where}.eval_every", eval_every, 1)
@@ -197,10 +243,11 @@ def _parse_method(
         batch = check_int(f"{where}.population_batch_size", batch, 1)
     return ProblemMethod(
         label=label,
-        strategy=dict(raw["strategy"]),
+        strategy=dict(raw["strategy"]) if "strategy" in raw else None,
         generations=generations,
         eval_every=eval_every,
         population_batch_size=batch,
+        optimizer=dict(raw["optimizer"]) if "optimizer" in raw else None,
     )
 
 
@@ -237,14 +284,15 @@ def parse_problem_comparison(
         if not math.isfinite(target):
             raise ValueError(f"target_fitness must be a finite number, got {target}")
     parsed = tuple(
-        _parse_method(m, f"methods[{i}]", defaults, steps, config_dir)
+        _parse_method(m, f"methods[{i}]", defaults, steps, config_dir, raw["problem"])
         for i, m in enumerate(raw["methods"])
     )
     if "loss" in raw["problem"]:
         for method in parsed:
             nn.check_loss_kind(
                 raw["problem"]["loss"],
-                takes_residuals=method.strategy["name"] in RESIDUAL_STRATEGIES,
+                takes_residuals=method.strategy is not None
+                and method.strategy["name"] in RESIDUAL_STRATEGIES,
                 where=f"problem.loss (method {method.label!r})",
             )
     parsed, _ = select_methods(parsed, methods)
@@ -362,15 +410,19 @@ def mean_history(histories: list[list[dict]]) -> list[dict]:
 PER_SEED_NUMBERS = ("best_fitness", "solution_fitness", "evaluations", "wall_clock_s")
 
 
-def aggregate(method: ProblemMethod, es, per_seed: list[dict], target: float | None) -> dict:
+def aggregate(
+    method: ProblemMethod, runner: MethodRunner, per_seed: list[dict], target: float | None
+) -> dict:
     """One method's summary: the per-seed results, and the mean and sample standard deviation
     (``<key>_std``) of each number over seeds; ``evaluations_to_target`` is the mean over the
     seeds that reached the target (``seeds_reaching_target`` of them)."""
     summary: dict[str, Any] = {
         "label": method.label,
+        "kind": method.kind,
         "strategy": method.strategy,
-        "population_size": es.population_size,
-        "reported_solution": es.capabilities.solution,
+        "optimizer": method.optimizer,
+        "population_size": runner.population_size,
+        "reported_solution": runner.reported_solution,
         "generations": method.generations,
         "eval_every": method.every,
         "seeds": [s["seed"] for s in per_seed],
@@ -427,6 +479,126 @@ def _finished_seed(seed_dir: Path, fingerprint: dict) -> dict | None:
     return saved
 
 
+class MethodRunner(NamedTuple):
+    """What :func:`run_method` needs of a method, whatever its kind.
+
+    Attributes:
+      name: the strategy's or the optimizer's name.
+      init: ``(key, x0) -> state``.
+      step_fn: ``problem -> (key, state) -> (state, metrics)`` (one generation or optax step).
+      evaluate: ``problem -> state -> {"best_fitness"?, "solution_fitness"?}`` (jitted).
+      counter: ``state -> steps done``.
+      per_step: evaluations per step (a gradient step counts as 1 + 2 for the backward pass).
+      count: ``state -> evaluations spent`` (None: ``steps × per_step``).
+      solution: ``state -> the reported solution, shaped like x0``.
+      terminated: ``state -> bool``: stopped by the method's own termination signal.
+      population_size: members per generation (None for a gradient method).
+      reported_solution: ``"mean"``, ``"best"`` or ``"params"`` (a gradient method's iterate).
+    """
+
+    name: str
+    init: Callable
+    step_fn: Callable
+    evaluate: Callable
+    counter: Callable
+    per_step: int
+    count: Callable | None
+    solution: Callable
+    terminated: Callable
+    population_size: int | None
+    reported_solution: str
+
+
+def _problem_fitness(problem: ProblemSetup) -> Callable:
+    # A fitness that takes a key is scored with the fixed key jax.random.key(0).
+    def fitness(solution):
+        if problem.fitness_takes_key:
+            return problem.fitness_fn(solution, jax.random.key(0))
+        return problem.fitness_fn(solution)
+
+    return fitness
+
+
+def strategy_runner(es: Strategy, method: ProblemMethod) -> MethodRunner:
+    """A gradient-free method: the strategy's generations (``esjax.run``'s)."""
+
+    def step_fn(problem: ProblemSetup) -> Callable:
+        return make_generation(
+            es,
+            problem.fitness_fn,
+            batch_size=method.population_batch_size,
+            fitness_takes_key=problem.fitness_takes_key,
+        )
+
+    return MethodRunner(
+        name=es.name,
+        init=es.init,
+        step_fn=step_fn,
+        evaluate=lambda problem: make_evaluate(es, problem),
+        counter=lambda state: state.generation,
+        per_step=es.population_size,
+        count=lambda state: state.evaluations,
+        solution=lambda state: state.unravel(es.solution(state)),
+        terminated=lambda state: bool(es.terminated(state)),
+        population_size=es.population_size,
+        reported_solution=es.capabilities.solution,
+    )
+
+
+def gradient_runner(method: ProblemMethod) -> MethodRunner:
+    """A gradient method: an optax optimizer on the problem's own gradient
+    (:func:`esjax.baselines.optax_trainer`); each step's key is the generation key a strategy
+    would get. Its rows' ``best_fitness`` is the lowest fitness of the iterate so far (at the
+    recorded rows), ``solution_fitness`` the iterate's."""
+    optimizer = build_optimizer(method.optimizer)
+
+    def trainer(problem: ProblemSetup):
+        def loss(params, key):
+            if problem.fitness_takes_key:
+                return problem.fitness_fn(params, key)
+            return problem.fitness_fn(params)
+
+        return optax_trainer(loss, optimizer, name=method.label)
+
+    def evaluate(problem: ProblemSetup) -> Callable:
+        fitness = _problem_fitness(problem)
+        return jax.jit(lambda state: {"solution_fitness": fitness(state.params)})
+
+    return MethodRunner(
+        name=method.optimizer["name"],
+        init=lambda key, x0: GradientState(
+            params=x0, opt_state=optimizer.init(x0), step=jnp.zeros((), jnp.int32)
+        ),
+        step_fn=lambda problem: trainer(problem).step,
+        evaluate=evaluate,
+        counter=lambda state: state.step,
+        per_step=1 + BACKWARD_COST_IN_FORWARDS,
+        count=None,
+        solution=lambda state: state.params,
+        terminated=lambda state: False,
+        population_size=None,
+        reported_solution="params",
+    )
+
+
+def _with_running_best(history: list[dict]) -> list[dict]:
+    # A gradient method's best fitness: the lowest iterate fitness recorded so far.
+    best, rows = math.inf, []
+    for row in history:
+        value = row["solution_fitness"]
+        if value is not None and math.isfinite(value):
+            best = min(best, value)
+        rows.append({**row, "best_fitness": best})
+    return rows
+
+
+def method_runner(method: ProblemMethod, config_dir: str | None) -> MethodRunner:
+    """The runner of ``method``: its strategy, or its optax optimizer."""
+    if method.optimizer is not None:
+        return gradient_runner(method)
+    return strategy_runner(build_strategy(method.strategy, config_dir), method)
+
+
 def run_method(
     config: ProblemComparisonConfig,
     method: ProblemMethod,
@@ -434,20 +606,20 @@ def run_method(
     run_dir: Path,
     *,
     progress: bool = True,
-    es: Strategy | None = None,
+    runner: MethodRunner | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
 ) -> dict:
-    """One method at every seed of ``config`` (``problems``: each seed's problem; ``es``: the
-    method's strategy, built from its section when not given); writes its per-seed
+    """One method at every seed of ``config`` (``problems``: each seed's problem; ``runner``:
+    the method's :class:`MethodRunner`, built from its section when not given); writes its per-seed
     ``metrics.csv``, ``solution.msgpack`` and ``summary.json`` and its ``summary.json``.
 
     ``checkpoint_every = K`` saves each seed's state to ``<label>/seed_<s>/checkpoint.msgpack``
     at the first recorded row at or after every K generations (the dataset comparison's rule);
     ``resume=True`` reuses finished seeds and continues an interrupted one from its checkpoint,
     with every row but wall-clock equal to an uninterrupted run's."""
-    if es is None:
-        es = build_strategy(method.strategy, config.config_dir)
+    if runner is None:
+        runner = method_runner(method, config.config_dir)
     steps = {}  # one step function and compiled chunks per distinct problem object
     per_seed = []
     for seed in config.seeds:
@@ -462,15 +634,9 @@ def run_method(
             per_seed.append(finished)
             continue
         if id(problem) not in steps:
-            step_fn = make_generation(
-                es,
-                problem.fitness_fn,
-                batch_size=method.population_batch_size,
-                fitness_takes_key=problem.fitness_takes_key,
-            )
-            steps[id(problem)] = (step_fn, make_evaluate(es, problem), {})
+            steps[id(problem)] = (runner.step_fn(problem), runner.evaluate(problem), {})
         step_fn, evaluate, compiled = steps[id(problem)]
-        state, history, previous_compile = es.init(init_key, problem.x0), None, 0.0
+        state, history, previous_compile = runner.init(init_key, problem.x0), None, 0.0
         if resume:
             state, history, previous_compile = _resume_point(seed_dir, state, fingerprint)
         seed_dir.mkdir(parents=True, exist_ok=True)
@@ -484,11 +650,11 @@ def run_method(
             checkpoint_every=checkpoint_every,
             history=history,
             previous_compile=previous_compile,
-            counter=lambda s: s.generation,
+            counter=runner.counter,
             evaluate=evaluate,
             eval_every=method.every,
-            forward_passes_per_step=es.population_size,
-            count_forward_passes=lambda s: s.evaluations,
+            forward_passes_per_step=runner.per_step,
+            count_forward_passes=runner.count,
             progress=progress,
             description=f"{method.label} seed {seed}",
             compiled=compiled,
@@ -497,14 +663,16 @@ def run_method(
             {**{k: row[k] for k in RUN_COLUMNS}, "evaluations": int(row["forward_passes"]), **row}
             for row in result.history
         ]
+        if method.kind == "gradient":
+            history = _with_running_best(history)
         state, final = result.state, history[-1]
         write_metrics_csv(seed_dir / "metrics.csv", history)
         checkpoint.save_solution(
             seed_dir / SOLUTION_FILE,
-            state.unravel(es.solution(state)),
+            runner.solution(state),
             {
-                "strategy": es.name,
-                "reported_solution": es.capabilities.solution,
+                "strategy": runner.name,
+                "reported_solution": runner.reported_solution,
                 "label": method.label,
                 "seed": seed,
                 "best_fitness": final["best_fitness"],
@@ -514,12 +682,12 @@ def run_method(
             "seed": seed,
             "best_fitness": final["best_fitness"],
             "solution_fitness": final.get("solution_fitness"),
-            "evaluations": int(state.evaluations),
-            "generations": int(state.generation),
+            "evaluations": int(final["evaluations"]),
+            "generations": int(runner.counter(state)),
             "wall_clock_s": final["wall_clock_s"],
             "compile_s": compile_seconds,
             "evaluations_to_target": evaluations_to_target(history, config.target_fitness),
-            "terminated": bool(es.terminated(state)),
+            "terminated": runner.terminated(state),
             "history": history,
         }
         # Written last: a seed with a summary is finished, and --resume reuses it as it is.
@@ -528,7 +696,7 @@ def run_method(
         )
         seed_summary.pop("fingerprint")
         per_seed.append(seed_summary)
-    summary = aggregate(method, es, per_seed, config.target_fitness)
+    summary = aggregate(method, runner, per_seed, config.target_fitness)
     write_json(
         run_dir / method.label / METHOD_SUMMARY_FILE,
         {k: v for k, v in summary.items() if k != "history"},
@@ -574,7 +742,7 @@ def run_problem_comparison(
     outputs = ("summary.json", "comparison.md", "fitness.png", *(m.label for m in config.methods))
     # Every strategy and problem is built before anything runs or the folder is claimed: a bad
     # argument fails the comparison at once and leaves no empty folder behind.
-    strategies = [build_strategy(m.strategy, config.config_dir) for m in config.methods]
+    runners = [method_runner(m, config.config_dir) for m in config.methods]
     problems = build_problems(config)
     if checkpoint_every is None:
         checkpoint_every = config.checkpoint_every
@@ -588,11 +756,11 @@ def run_problem_comparison(
             problems,
             run_dir,
             progress=progress,
-            es=es,
+            runner=runner,
             checkpoint_every=checkpoint_every,
             resume=resume,
         )
-        for method, es in zip(config.methods, strategies, strict=True)
+        for method, runner in zip(config.methods, runners, strict=True)
     ]
     context = {
         "name": config.name,
@@ -654,8 +822,11 @@ NOTE = (
     "each scanned chunk is compiled ahead of time (compile time is in summary.json) and the "
     "recorded rows are evaluated outside the timed region. Best fitness is the best member seen; "
     "solution fitness (metrics.csv, summary.json) is the fitness of the solution the strategy "
-    "reports (its mean, or its best member). Evaluations to target is the mean over the seeds "
-    "that reached it, resolved to eval_every generations."
+    "reports (its mean, or its best member). A gradient method (an optax optimizer on the "
+    "problem's own gradient, dashed in the plot) counts 3 evaluations per step (the backward "
+    "pass as 2 forward passes); its best fitness is the lowest fitness of its iterate at the "
+    "recorded rows. Evaluations to target is the mean over the seeds that reached it, resolved "
+    "to eval_every generations."
 )
 
 
@@ -704,7 +875,7 @@ def fitness_figure(summaries: list[dict], title: str = ""):
         axes.plot(
             [r["evaluations"] for r in rows],
             [r["best_fitness"] for r in rows],
-            "-",
+            "--" if s.get("kind") == "gradient" else "-",
             marker=".",
             color=report.method_colour(s["label"]),
             label=s["label"],
@@ -717,7 +888,14 @@ def fitness_figure(summaries: list[dict], title: str = ""):
     axes.set_xlabel("fitness evaluations")
     axes.set_ylabel("best fitness (mean over seeds)")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
+    handles, _ = axes.get_legend_handles_labels()
+    if any(s.get("kind") == "gradient" for s in summaries):
+        from matplotlib.lines import Line2D
+
+        handles.append(
+            Line2D([], [], color="black", linestyle="--", label="dashed: gradient (backprop)")
+        )
+    axes.legend(handles=handles, fontsize="small")
     if title:
         figure.suptitle(title)
     return figure
