@@ -116,6 +116,8 @@ def test_one_metrics_writer_for_runs_and_comparisons(tmp_path):
 
 def test_appends_refuse_rows_of_another_run_and_trims_keep_whole_rows(tmp_path):
     path = tmp_path / "metrics.csv"
+    append_metrics_csv(path, {"generation": [], "best_fitness": []})  # no rows: the header
+    assert _read(path) == [["generation", "best_fitness"]]
     append_metrics_csv(path, {"generation": [1, 2], "best_fitness": [5.0, 4.0]})
     append_metrics_csv(path, {"generation": [3], "best_fitness": [3.0]})
     assert metrics_rows(path) == 3

@@ -132,12 +132,15 @@ def append_text(path: Path, text: str, sync: bool = False) -> None:
 METRICS_FIRST = ("generation", "step", "wall_clock_s", "forward_passes")
 
 
-def _metric_rows(metrics: Mapping | list[dict]) -> list[dict]:
+def _metric_rows(metrics: Mapping | list[dict]) -> tuple[list[dict], list[str]]:
+    # The rows and the file's columns (a mapping names its columns even when it has no rows).
     if not isinstance(metrics, Mapping):
-        return [dict(row) for row in metrics]
+        rows = [dict(row) for row in metrics]
+        return rows, metrics_columns(rows)
     names = list(metrics)
     columns = [np.asarray(metrics[name]).tolist() for name in names]
-    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+    rows = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+    return rows, metrics_columns([dict.fromkeys(names)])
 
 
 def metrics_columns(rows: list[dict]) -> list[str]:
@@ -162,9 +165,9 @@ def write_metrics_csv(path: Path, metrics: Mapping | list[dict]) -> None:
     names to per-generation arrays) or per evaluation (``esjax compare``: a list of row dicts).
 
     Columns: :func:`metrics_columns`; a row without a column leaves its cell empty."""
-    rows = _metric_rows(metrics)
+    rows, names = _metric_rows(metrics)
     path.parent.mkdir(parents=True, exist_ok=True)
-    replace_text(path, _csv_text(rows, metrics_columns(rows), header=True))
+    replace_text(path, _csv_text(rows, names, header=True))
 
 
 def _header(path: Path) -> list[str] | None:
@@ -180,8 +183,8 @@ def append_metrics_csv(path: Path, metrics: Mapping | list[dict], sync: bool = F
     The rows go in one write that is undone if it fails (a full disk), so the file never ends
     in half a row. Rows whose columns differ from the file's header are refused (they would be
     misread), naming both."""
-    rows = _metric_rows(metrics)
-    names, header = metrics_columns(rows), _header(path)
+    rows, names = _metric_rows(metrics)
+    header = _header(path)
     if header is not None and rows and header != names:
         raise ValueError(
             f"{path} has columns {header}, the new rows {names}: they come from another run; "
