@@ -51,6 +51,9 @@ def _minimal():
         ({"generations": 0}, ValueError, "generations"),
         ({"strategy": {"name": "openai_es", "popsize": 8}}, ValueError, "population_size"),
         ({"strategy": {"name": "nes"}}, ValueError, "openai_es"),
+        # Problem keys are checked when the config is parsed, before a run folder is made.
+        ({"problem": {"name": "sphere", "num_dim": 3}}, ValueError, r"'num_dim' -> 'num_dims'"),
+        ({"problem": {"name": "spheer", "num_dims": 3}}, ValueError, "problem.name must be"),
     ],
 )
 def test_bad_configs_name_the_problem(change, error, words):

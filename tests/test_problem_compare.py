@@ -195,6 +195,11 @@ def test_own_function_beside_the_config_through_the_cli(tmp_path, capsys):
         ),
         ({"methods": [{"strategy": CMA}]}, ValueError, ["methods[0]", "generations"]),
         ({"problem": {"name": "nope", "num_dims": 2}}, ValueError, ["problem.name"]),
+        (
+            {"problem": {"name": "rastrigin", "num_dim": 3}},
+            ValueError,
+            ["problem 'rastrigin'", "'num_dim' -> 'num_dims'"],
+        ),
         ({"checkpoint_every": 0}, ValueError, ["checkpoint_every"]),
     ],
 )

@@ -36,6 +36,7 @@ from esjax.base import Strategy, check_int
 from esjax.experiments.outputs import check_run_name, read_yaml
 from esjax.experiments.resolve import is_reference, resolve_callable
 from esjax.experiments.schema import check_keys, check_section
+from esjax.experiments.setup import check_problem_section
 from esjax.prng import NoiseTable
 from esjax.strategies import get_strategy
 
@@ -166,6 +167,7 @@ def parse_config(raw: dict, config_dir: str | Path | None = None) -> ExperimentC
             "config section 'problem' needs exactly one of 'name' (a built-in problem) or "
             "'function' (your own, 'module:attribute')"
         )
+    check_problem_section(config.problem)  # names and keys, before a run folder is made
     validate_strategy_section(config.strategy, config_dir=config.config_dir)
     if "loss" in config.problem:
         nn.check_loss_kind(

@@ -72,7 +72,7 @@ from esjax.experiments.outputs import (
     write_json,
     write_metrics_csv,
 )
-from esjax.experiments.setup import PROBLEMS, ProblemSetup, build_problem
+from esjax.experiments.setup import ProblemSetup, build_problem, check_problem_section
 from esjax.loop import make_generation
 from esjax.problems.functions import FUNCTIONS
 
@@ -180,8 +180,7 @@ def _check_problem(problem: dict) -> None:
             "config section 'problem' needs exactly one of 'name' (a built-in problem) or "
             "'function' (your own, 'module:attribute')"
         )
-    if "name" in problem and problem["name"] not in PROBLEMS:
-        raise ValueError(f"problem.name must be one of {sorted(PROBLEMS)}, got {problem['name']!r}")
+    check_problem_section(problem)  # names and keys, before anything is built
 
 
 def _parse_method(

@@ -111,21 +111,31 @@ def register_problem(name: str, builder: Callable[..., ProblemSetup]) -> None:
     _PROBLEM_SIGNATURES[name] = builder
 
 
-def build_problem(section: dict, key: jax.Array, config_dir: str | None = None) -> ProblemSetup:
-    """Build the problem a config section names (or ``function:``, your own objective, searched
-    from ``config_dir``); unknown names/keys list the valid ones."""
+def check_problem_section(section: dict) -> tuple[str, dict]:
+    """``(name, builder arguments)`` of a config's ``problem`` section, its name and keys
+    checked without building anything (configs call it when they are parsed, so a typo fails
+    before a run folder is made); unknown names/keys list the valid ones."""
     if "function" in section and "name" not in section:
-        section = {"name": "function", **section, "config_dir": config_dir}
+        section = {"name": "function", **section}
     name = section.get("name")
     if name not in PROBLEMS:
-        raise ValueError(f"problem name must be one of {sorted(PROBLEMS)}, got {name!r}")
+        raise ValueError(f"problem.name must be one of {sorted(PROBLEMS)}, got {name!r}")
     kwargs = {k: v for k, v in section.items() if k != "name"}
     valid = [
         p
         for p in inspect.signature(_PROBLEM_SIGNATURES[name]).parameters
-        if p not in ("name", "key")
+        if p not in ("name", "key", "config_dir")
     ]
     check_keys(f"problem {name!r}", kwargs, valid)
+    return name, kwargs
+
+
+def build_problem(section: dict, key: jax.Array, config_dir: str | None = None) -> ProblemSetup:
+    """Build the problem a config section names (or ``function:``, your own objective, searched
+    from ``config_dir``); unknown names/keys list the valid ones."""
+    name, kwargs = check_problem_section(section)
+    if name == "function":
+        kwargs = {**kwargs, "config_dir": config_dir}
     return PROBLEMS[name](key, **kwargs)
 
 
@@ -138,5 +148,6 @@ __all__ = [
     "build_callable_problem",
     "build_function_problem",
     "build_problem",
+    "check_problem_section",
     "register_problem",
 ]
