@@ -194,17 +194,18 @@ def _compare(args: argparse.Namespace) -> int:
     from esjax.experiments.report import summary_table
 
     methods = args.methods.split(",") if args.methods else None
+    # What every comparison run takes from the command line, whatever its kind.
+    running = {
+        "output_dir": args.output_dir,
+        "progress": not args.quiet,
+        "checkpoint_every": args.checkpoint_every,
+        "resume": args.resume,
+        "overwrite": args.overwrite,
+    }
     if is_problem_comparison(read_yaml(args.config)):
-        return _compare_problem(args, methods)
+        return _compare_problem(args, methods, running)
     config = load_comparison(args.config, steps=args.steps, methods=methods)
-    result = run_comparison(
-        config,
-        output_dir=args.output_dir,
-        progress=not args.quiet,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        overwrite=args.overwrite,
-    )
+    result = run_comparison(config, **running)
     if result["methods"]:
         print(summary_table(result["methods"], config.target_accuracy))
     run_dir = result["run_dir"]
@@ -213,7 +214,7 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compare_problem(args: argparse.Namespace, methods: list[str] | None) -> int:
+def _compare_problem(args: argparse.Namespace, methods: list[str] | None, running: dict) -> int:
     """``esjax compare`` of a config with a ``problem`` section."""
     from esjax.experiments.problem_compare import (
         load_problem_comparison,
@@ -222,14 +223,7 @@ def _compare_problem(args: argparse.Namespace, methods: list[str] | None) -> int
     )
 
     config = load_problem_comparison(args.config, steps=args.steps, methods=methods)
-    result = run_problem_comparison(
-        config,
-        output_dir=args.output_dir,
-        progress=not args.quiet,
-        overwrite=args.overwrite,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-    )
+    result = run_problem_comparison(config, **running)
     print(problem_table(result["methods"], config.target_fitness))
     print(
         f"wrote {result['run_dir']}/ (comparison.md, fitness.png, summary.json, per-method "

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from esjax import checkpoint, cli
-from esjax.experiments import problem_compare
+from esjax.experiments import compare
 from esjax.experiments.config import parse_config
 from esjax.experiments.problem_compare import (
     load_problem_comparison,
@@ -251,14 +251,14 @@ def test_a_killed_comparison_resumes_exactly(tmp_path, capsys):
     assert cli.main(argv) == 2  # the folder holds a comparison: neither resumed nor deleted
     assert "--resume" in capsys.readouterr().err
     calls = []
-    real_run = problem_compare.resumable_timed_run
+    real_run = compare.timed_run
 
     def recording_run(*args, **kwargs):
         calls.append((kwargs["description"], len(kwargs["history"] or [])))
         return real_run(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(problem_compare, "resumable_timed_run", recording_run)
+        patch.setattr(compare, "timed_run", recording_run)
         assert cli.main([*argv, "--resume"]) == 0
     # cma_es's seeds had finished (reused, not rerun); pso seed 0 continues from generation 8
     # (rows 0, 4, 8); seed 1 had not started.

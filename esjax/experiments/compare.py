@@ -689,12 +689,23 @@ def _resume_point(
     return checkpoint.load(path, like), metadata["history"], metadata["compile_s"]
 
 
-def _clear_method_dir(method_dir: Path) -> None:
-    # A fresh (not resumed) run must not leave an older run's summary or checkpoints behind,
-    # where a later --resume would find them.
-    for name in (METHOD_SUMMARY_FILE, CHECKPOINT_FILE, SOLUTION_FILE):
+def _clear_method_dir(method_dir: Path, also: tuple[str, ...] = ()) -> None:
+    # A fresh (not resumed) run must not leave an older run's summary or checkpoints (or the
+    # files named in ``also``) behind, where a later --resume would find them.
+    for name in (METHOD_SUMMARY_FILE, CHECKPOINT_FILE, SOLUTION_FILE, *also):
         (method_dir / name).unlink(missing_ok=True)
     checkpoint.previous_path(method_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+
+
+def _finished_summary(method_dir: Path, fingerprint: dict) -> dict | None:
+    """The summary a finished run left in ``method_dir`` (its fingerprint checked and removed),
+    or None when there is none."""
+    path = method_dir / METHOD_SUMMARY_FILE
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    _check_fingerprint(path, summary.pop("fingerprint", None), fingerprint)
+    return summary
 
 
 def resumable_timed_run(
@@ -706,8 +717,7 @@ def resumable_timed_run(
     run_dir: Path | None,
     fingerprint: dict,
     checkpoint_every: int | None,
-    history: list[dict] | None = None,
-    previous_compile: float = 0.0,
+    resume: bool = False,
     counter: Callable[[Any], jax.Array],
     **timed_run_kwargs,
 ) -> tuple[Any, float]:
@@ -717,12 +727,16 @@ def resumable_timed_run(
     With ``run_dir`` and ``checkpoint_every = K``, the state, the history rows and the compile
     seconds are saved (with ``fingerprint``) to ``<run_dir>/checkpoint.msgpack`` at the first
     evaluation boundary at or after every K steps, and at the end (also when ``stop`` ended the
-    run early). ``state``/``history``/``previous_compile`` are where a resumed run continues
-    from (:func:`_resume_point`).
+    run early). With ``resume``, the run continues from the checkpoint in ``run_dir`` if there
+    is one (:func:`_resume_point`: its fingerprint must equal ``fingerprint``), else from
+    ``state``.
 
     Returns:
       ``(TimedRun, compile seconds of every process that worked on this run)``.
     """
+    history, previous_compile = None, 0.0
+    if resume and run_dir is not None:
+        state, history, previous_compile = _resume_point(run_dir, state, fingerprint)
     saved_at = [int(counter(state))]
 
     def save(state, rows: list[dict], compile_seconds: float) -> None:
@@ -813,26 +827,21 @@ def run_method(
     fingerprint = _method_fingerprint(
         method, model_section, seed, task or {}, target_accuracy, stop_at_target, extra
     )
-    state, history, previous_compile = setup.state, None, 0.0
     if method_dir is not None and not resume:
         _clear_method_dir(method_dir)
     if method_dir is not None and resume:
-        summary_path = method_dir / METHOD_SUMMARY_FILE
-        if summary_path.exists():
-            summary = json.loads(summary_path.read_text())
-            _check_fingerprint(summary_path, summary.pop("fingerprint", None), fingerprint)
+        summary = _finished_summary(method_dir, fingerprint)
+        if summary is not None:
             return summary
-        state, history, previous_compile = _resume_point(method_dir, setup.state, fingerprint)
     result, compile_seconds = resumable_timed_run(
         setup.step_fn,
-        state,
+        setup.state,
         jax.random.fold_in(jax.random.key(seed), 2),
         method.steps,
-        run_dir=method_dir if checkpoint_every is not None else None,
+        run_dir=method_dir,
         fingerprint=fingerprint,
         checkpoint_every=checkpoint_every,
-        history=history,
-        previous_compile=previous_compile,
+        resume=resume,
         counter=setup.counter,
         evaluate=setup.evaluate,
         eval_every=method.eval_every,

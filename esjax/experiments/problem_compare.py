@@ -42,7 +42,6 @@ and ``--resume`` work as in a dataset comparison, a seed at a time.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -55,7 +54,15 @@ from esjax import checkpoint, nn
 from esjax.base import Strategy, check_int
 from esjax.baselines import BACKWARD_COST_IN_FORWARDS, GradientState, optax_trainer
 from esjax.experiments import report, schema
-from esjax.experiments.compare import CHECKPOINT_FILE, _resume_point, resumable_timed_run
+from esjax.experiments.compare import (
+    METHOD_SUMMARY_FILE,
+    SOLUTION_FILE,
+    _clear_method_dir,
+    _finished_summary,
+    resumable_timed_run,
+)
+from esjax.experiments.compare import _parse_seeds as _parse_seed_list
+from esjax.experiments.compare import _std as _sample_std
 from esjax.experiments.config import (
     RESIDUAL_STRATEGIES,
     SEED_RANGE,
@@ -105,8 +112,6 @@ NOT_DIFFERENTIABLE = {
     "cartpole": "its policy picks discrete actions (an argmax), so the episode return has a zero "
     "gradient almost everywhere",
 }
-SOLUTION_FILE = "solution.msgpack"
-METHOD_SUMMARY_FILE = "summary.json"
 RUN_COLUMNS = ("step", "wall_clock_s", "forward_passes")  # timed_run's, before evaluations
 DEFAULT_ROWS = 20  # evaluation rows per method without an eval_every
 
@@ -164,13 +169,9 @@ def _parse_seeds(raw: dict) -> tuple[int, ...]:
     if "seeds" in raw:
         if "seed" in raw:
             raise ValueError("give either 'seed' or 'seeds' (a list), not both")
-        value = raw["seeds"]
-        if not value:
+        if not raw["seeds"]:
             raise ValueError("config key 'seeds' must be a non-empty list of integers")
-        seeds = tuple(check_int(f"seeds[{i}]", s, *SEED_RANGE) for i, s in enumerate(value))
-        if len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds must not repeat a seed, got {list(seeds)}")
-        return seeds
+        return _parse_seed_list(raw["seeds"], "seeds")
     return (check_int("seed", raw.get("seed", 0), *SEED_RANGE),)
 
 
@@ -388,12 +389,7 @@ def _mean(values: list) -> float | None:
 
 def _std(values: list) -> float | None:
     values = [float(v) for v in values if v is not None]
-    if not values:
-        return None
-    if len(values) < 2:
-        return 0.0
-    mean = sum(values) / len(values)
-    return float((sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5)
+    return _sample_std(values) if values else None
 
 
 def mean_history(histories: list[list[dict]]) -> list[dict]:
@@ -457,25 +453,6 @@ def seed_fingerprint(config: ProblemComparisonConfig, method: ProblemMethod, see
             "target_fitness": config.target_fitness,
         }
     )
-
-
-REMEDY = "resume with the config (and --steps/--output-dir) that wrote it, or pass --overwrite"
-
-
-def _clear_seed_dir(seed_dir: Path) -> None:
-    # A fresh (not resumed) run leaves no earlier run's outputs where --resume would find them.
-    for name in (METHOD_SUMMARY_FILE, CHECKPOINT_FILE, SOLUTION_FILE, "metrics.csv"):
-        (seed_dir / name).unlink(missing_ok=True)
-    checkpoint.previous_path(seed_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
-
-
-def _finished_seed(seed_dir: Path, fingerprint: dict) -> dict | None:
-    path = seed_dir / METHOD_SUMMARY_FILE
-    if not path.exists():
-        return None
-    saved = json.loads(path.read_text())
-    schema.check_fingerprint(path, saved.pop("fingerprint", None), fingerprint, remedy=REMEDY)
-    return saved
 
 
 class MethodRunner(NamedTuple):
@@ -627,28 +604,24 @@ def run_method(
         seed_dir = run_dir / method.label / f"seed_{seed}"
         fingerprint = seed_fingerprint(config, method, seed)
         if not resume:
-            _clear_seed_dir(seed_dir)
-        finished = _finished_seed(seed_dir, fingerprint) if resume else None
+            _clear_method_dir(seed_dir, also=("metrics.csv",))
+        finished = _finished_summary(seed_dir, fingerprint) if resume else None
         if finished is not None:
             per_seed.append(finished)
             continue
         if id(problem) not in steps:
             steps[id(problem)] = (runner.step_fn(problem), runner.evaluate(problem), {})
         step_fn, evaluate, compiled = steps[id(problem)]
-        state, history, previous_compile = runner.init(init_key, problem.x0), None, 0.0
-        if resume:
-            state, history, previous_compile = _resume_point(seed_dir, state, fingerprint)
         seed_dir.mkdir(parents=True, exist_ok=True)
         result, compile_seconds = resumable_timed_run(
             step_fn,
-            state,
+            runner.init(init_key, problem.x0),
             run_key,
             method.generations,
-            run_dir=seed_dir if checkpoint_every is not None else None,
+            run_dir=seed_dir,
             fingerprint=fingerprint,
             checkpoint_every=checkpoint_every,
-            history=history,
-            previous_compile=previous_compile,
+            resume=resume,
             counter=runner.counter,
             evaluate=evaluate,
             eval_every=method.every,
