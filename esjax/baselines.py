@@ -6,8 +6,9 @@ on the same fitness ES uses, ``loss_fn(params, key)``, where ``key`` picks the m
 :func:`esjax.loop.make_generation` hands a fitness function in generation ``t``: with the same run
 key and batch size, ES generation ``t`` and gradient step ``t`` see the same examples.
 
-:func:`timed_run` is the one loop that drives both ES strategies and gradient trainers, so their
-budgets are measured identically:
+:func:`timed_run` drives both ES strategies and gradient trainers, so their budgets are measured
+identically; it is the chunked driver ``esjax.run`` also runs (:func:`esjax.loop.run_chunks`),
+with an evaluation row after each chunk:
 
 - **wall-clock** of training only, excluding compilation (every scanned chunk is compiled ahead
   of time with ``jax.jit(...).lower(...).compile()``; compile time is reported separately) and
@@ -23,7 +24,6 @@ budgets are measured identically:
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -34,7 +34,7 @@ from flax import struct
 
 from esjax import nn
 from esjax.base import check_int, check_range
-from esjax.loop import scan_steps
+from esjax.loop import Chunks, run_chunks
 from esjax.tasks.supervised import Dataset
 
 PyTree = Any
@@ -159,9 +159,10 @@ def timed_run(
         ``state.evaluations × examples`` for a strategy whose evaluations per generation vary);
         default ``steps × forward_passes_per_step``. Read outside the timed region.
       compiled: a dict this call stores its compiled chunks in (keyed by chunk length) and takes
-        them from when present: pass the same dict to runs of the *same* ``step_fn`` from states
-        of the same structure (e.g. the seeds of one method) to compile once; ``compile_seconds``
-        then counts only what this call compiled.
+        them from when present (the ``cache`` of :class:`esjax.loop.Chunks`): pass the same dict
+        to runs of the *same* ``step_fn`` from states of the same structure (e.g. the seeds of
+        one method) to compile once; ``compile_seconds`` then counts only what this call
+        compiled.
     """
     num_steps = check_int("num_steps", num_steps, 1)
     eval_every = check_int("eval_every", eval_every, 1)
@@ -181,25 +182,11 @@ def timed_run(
             "with the history recorded up to it"
         )
 
-    def make_chunk(length: int) -> Callable:
-        def chunk(state, key):
-            # The chunk esjax.run scans; its metrics are unused here (XLA drops them).
-            return scan_steps(step_fn, key, length, counter)(state)[0]
+    chunks = Chunks(
+        step_fn, key, counter=counter, metrics=False, ahead_of_time=True, cache=compiled
+    )
 
-        return chunk
-
-    compile_seconds = 0.0
-    compiled = {} if compiled is None else compiled
-
-    def compiled_chunk(length: int) -> Callable:
-        nonlocal compile_seconds
-        if length not in compiled:
-            start = time.perf_counter()
-            compiled[length] = jax.jit(make_chunk(length)).lower(state, key).compile()
-            compile_seconds += time.perf_counter() - start
-        return compiled[length]
-
-    def row(steps: int, seconds: float) -> dict:
+    def row(state, steps: int, seconds: float) -> dict:
         values = {name: float(value) for name, value in jax.device_get(evaluate(state)).items()}
         return {
             "step": steps,
@@ -213,34 +200,34 @@ def timed_run(
     # A resumed run whose last row already met ``stop`` had ended there.
     stopped = done > 0 and stop is not None and bool(stop(history[-1]))
     if done < num_steps and not stopped:
-        compiled_chunk(min(eval_every, num_steps - done))  # before row 0: keep it untimed
-    history = [row(0, 0.0)] if history is None else list(history)
-    seconds = history[-1]["wall_clock_s"]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+        chunks.compile(state, min(eval_every, num_steps - done))  # before row 0: keep it untimed
+    history = [row(state, 0, 0.0)] if history is None else list(history)
 
-        bar = tqdm(total=num_steps, initial=done, desc=description, leave=True, dynamic_ncols=True)
-    try:
-        while done < num_steps and not stopped:
-            length = min(eval_every, num_steps - done)
-            chunk = compiled_chunk(length)
-            start = time.perf_counter()
-            state = jax.block_until_ready(chunk(state, key))
-            seconds += time.perf_counter() - start
-            done += length
-            history.append(row(done, seconds))
-            if on_chunk is not None:
-                on_chunk(state, history, compile_seconds)
-            if bar is not None:
-                bar.update(length)
-                shown = {k: f"{v:.4g}" for k, v in history[-1].items() if k.startswith("test_")}
-                bar.set_postfix(shown)
-            stopped = stop is not None and bool(stop(history[-1]))
-    finally:
-        if bar is not None:
-            bar.close()
-    return TimedRun(state=state, history=history, compile_seconds=compile_seconds, steps=done)
+    def after(start, state, metrics, length, seconds):
+        steps = history[-1]["step"] + length
+        history.append(row(state, steps, history[-1]["wall_clock_s"] + seconds))
+        if on_chunk is not None:
+            on_chunk(state, history, chunks.compile_seconds)
+        return state, length, stop is not None and bool(stop(history[-1]))
+
+    if not stopped:
+        state, ran = run_chunks(
+            chunks,
+            state,
+            num_steps - done,
+            eval_every,
+            after,
+            progress=progress,
+            description=description,
+            initial=done,
+            postfix=lambda state: {
+                k: f"{v:.4g}" for k, v in history[-1].items() if k.startswith("test_")
+            },
+        )
+        done += ran
+    return TimedRun(
+        state=state, history=history, compile_seconds=chunks.compile_seconds, steps=done
+    )
 
 
 @struct.dataclass

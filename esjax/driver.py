@@ -34,7 +34,6 @@ on).
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -44,7 +43,7 @@ import numpy as np
 
 from esjax import distributed, lowrank
 from esjax.base import Strategy, StrategyState, check_int, check_key
-from esjax.loop import FitnessFn, Generation, scan_generations
+from esjax.loop import Chunks, FitnessFn, Generation, run_chunks, scan_generations
 
 
 def generation_for(
@@ -150,14 +149,6 @@ def evolve(
     return scan_generations(generation, key, num_generations)(state)
 
 
-def _progress_bar(total: int, enabled: bool, description: str | None):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=description, leave=True, file=sys.stderr, dynamic_ncols=True)
-
-
 def run(
     es: Strategy,
     fitness_fn: FitnessFn,
@@ -238,49 +229,41 @@ def run(
         generation = generation_fn
     if mesh is not None:
         state = distributed.replicate(state, mesh)
-    compiled: dict[int, Callable] = {}
+    chunks = Chunks(generation, key)
     history: list[dict] = []
-    bar = _progress_bar(num_generations, progress, description or es.name)
 
-    def advance(state, length):
-        if length not in compiled:
-            compiled[length] = jax.jit(scan_generations(generation, key, length))
-        state, chunk = compiled[length](state)
-        return state, jax.device_get(chunk)
+    def after(start, state, chunk, length, seconds):
+        first = int(start.generation)
+        stopped = _signal_row(chunk)
+        if stopped is not None:
+            # Rows from `stopped` on ran with the signal on: the state is frozen there.
+            chunk = {name: values[:stopped] for name, values in chunk.items()}
+        length = int(state.generation) - first
+        wanted = None if callback is None else callback(state, chunk)
+        if _is_generation(wanted):
+            if not first <= int(wanted) <= first + length:
+                raise ValueError(
+                    f"callback returned generation {int(wanted)}, outside the chunk it was "
+                    f"given (generations {first} to {first + length})"
+                )
+            if int(wanted) < first + length:
+                length = int(wanted) - first
+                state, chunk, _ = chunks(start, length)
+                callback(state, chunk)
+        history.append(chunk)
+        stop = stopped is not None or _is_generation(wanted) or bool(wanted)
+        return state, length, stop or bool(es.terminated(state))
 
-    done = 0
-    try:
-        while done < num_generations:
-            start, first = state, int(state.generation)
-            state, chunk = advance(state, min(log_every, num_generations - done))
-            stopped = _signal_row(chunk)
-            if stopped is not None:
-                # Rows from `stopped` on ran with the signal on: the state is frozen there.
-                chunk = {name: values[:stopped] for name, values in chunk.items()}
-            length = int(state.generation) - first
-            wanted = None if callback is None else callback(state, chunk)
-            if _is_generation(wanted):
-                if not first <= int(wanted) <= first + length:
-                    raise ValueError(
-                        f"callback returned generation {int(wanted)}, outside the chunk it was "
-                        f"given (generations {first} to {first + length})"
-                    )
-                if int(wanted) < first + length:
-                    length = int(wanted) - first
-                    state, chunk = advance(start, length)
-                    callback(state, chunk)
-            history.append(chunk)
-            done += length
-            if bar is not None:
-                bar.update(length)
-                bar.set_postfix(best=f"{float(state.best_fitness):.4g}")
-            if stopped is not None or _is_generation(wanted) or bool(wanted):
-                break
-            if bool(es.terminated(state)):
-                break
-    finally:
-        if bar is not None:
-            bar.close()
+    state, _ = run_chunks(
+        chunks,
+        state,
+        num_generations,
+        log_every,
+        after,
+        progress=progress,
+        description=description or es.name,
+        postfix=lambda state: {"best": f"{float(state.best_fitness):.4g}"},
+    )
     if not history:
         return state, {}
     metrics = {name: np.concatenate([np.asarray(c[name]) for c in history]) for name in history[0]}

@@ -26,7 +26,7 @@ from esjax.cli import main
 from esjax.experiments.config import build_strategy
 from esjax.experiments.runner import write_metrics_csv
 from esjax.experiments.setup import build_problem
-from esjax.loop import make_generation, scan_generations
+from esjax.loop import Chunks, make_generation
 from esjax.problems import sphere
 
 CASE_IDS = [case.id for case in STRATEGY_CASES]
@@ -78,10 +78,15 @@ def reference_run(name):
     """``esjax run CONFIG`` for strategy ``name`` without interruption, via the Python API.
 
     Returns ``(es, chunk, start, final, metrics)`` where ``chunk`` is the compiled
-    ``CHUNK``-generation scan (generation g reads its key from ``state.generation``).
+    ``CHUNK``-generation scan ``esjax.run`` runs (:class:`esjax.loop.Chunks`; generation g reads
+    its key from ``state.generation``).
     """
     es, fitness_fn, key, start = runner_setup(name)
-    chunk = jax.jit(scan_generations(make_generation(es, fitness_fn), key, CHUNK))
+    chunks = Chunks(make_generation(es, fitness_fn), key)
+
+    def chunk(state):
+        return chunks(state, CHUNK)[:2]
+
     state, history = start, []
     for _ in range(GENERATIONS // CHUNK):
         state, metrics = chunk(state)

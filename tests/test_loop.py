@@ -68,3 +68,49 @@ def test_fitness_with_key_gets_one_key_per_generation(key):
     state, metrics = esjax.step(es, noisy, fitness_takes_key=True)(key, state)
     # One shared key per generation: the noise term is identical across members.
     assert np.isfinite(float(metrics["fitness_mean"]))
+
+
+def test_run_and_timed_run_drive_the_same_chunks(key):
+    """esjax.run and the comparisons' timed run are one driver (loop.Chunks + run_chunks): the
+    same generation from the same state and key ends in the identical state whatever the chunk
+    length, and a shared cache compiles each chunk length once."""
+    from esjax import baselines
+    from esjax.loop import Chunks, make_generation, run_chunks
+
+    es = esjax.openai_es(population_size=8, sigma=0.1)
+    start = es.init(key, jnp.ones(3))
+    ran, _ = esjax.run(es, sphere, key, start, 10, log_every=3, progress=False)
+    cache = {}
+    timed = [
+        baselines.timed_run(
+            make_generation(es, sphere),
+            start,
+            key,
+            10,
+            counter=lambda state: state.generation,
+            evaluate=lambda state: {"best_fitness": state.best_fitness},
+            eval_every=4,
+            forward_passes_per_step=es.population_size,
+            progress=False,
+            compiled=cache,
+        )
+        for _ in range(2)
+    ]
+    chex.assert_trees_all_equal(timed[0].state, ran)
+    chex.assert_trees_all_equal(timed[1].state, ran)
+    assert sorted(cache) == [2, 4]  # the chunk lengths 4, 4, 2: compiled once, reused
+    assert timed[0].compile_seconds > 0 and timed[1].compile_seconds == 0
+    assert [row["step"] for row in timed[0].history] == [0, 4, 8, 10]
+
+    # A hook that keeps fewer steps than a chunk ran, then stops: run_chunks counts what it kept.
+    chunks = Chunks(make_generation(es, sphere), key)
+    seen = []
+
+    def after(first, state, metrics, length, seconds):
+        seen.append((int(first.generation), length, len(metrics["generation"]), seconds >= 0))
+        kept, _, _ = chunks(first, 1)
+        return kept, 1, len(seen) == 2
+
+    state, done = run_chunks(chunks, start, 10, 4, after)
+    assert seen == [(0, 4, 4, True), (1, 4, 4, True)] and done == 2
+    assert int(state.generation) == 2
