@@ -335,7 +335,10 @@ def mask_non_finite(
 
     Returns ``(population, fitness, rows_finite)``; ``fitness`` may be ``(n,)`` or ``(n, m)``.
     """
-    rows_finite = jnp.all(jnp.isfinite(population), axis=1)
+    # Σ_j 0·x_ij is 0 for a finite row and NaN as soon as one entry is ±inf or NaN: one fast
+    # float reduction instead of a boolean array the size of the population (which XLA's CPU
+    # backend materialises and reduces slowly: a tenth of an OpenAI-ES generation at 1,024 × 10k).
+    rows_finite = jnp.isfinite(jnp.sum(population * jnp.zeros((), population.dtype), axis=1))
     population = jnp.where(rows_finite[:, None], population, state.best_solution)
     mask = rows_finite.reshape(rows_finite.shape + (1,) * (fitness.ndim - 1))
     return population, jnp.where(mask, fitness, jnp.nan), rows_finite

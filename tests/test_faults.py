@@ -19,6 +19,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 import yaml
 
@@ -368,3 +369,25 @@ def test_batch_size_in_a_run_config_is_the_old_name_of_population_batch_size():
     assert parse_config({**SPHERE, "population_batch_size": 2}) == config
     with pytest.raises(ValueError, match="keep only 'population_batch_size'"):
         parse_config({**SPHERE, "batch_size": 2, "population_batch_size": 2})
+
+
+def test_mask_non_finite_flags_exactly_the_rows_with_a_non_finite_entry():
+    """The row check is a float reduction (Σ 0·x): a single inf, -inf or NaN anywhere in a row
+    flags it, and rows of huge finite values (whose plain sum would overflow) stay finite."""
+    from esjax.base import mask_non_finite
+
+    es = esjax.openai_es(population_size=6)
+    state = es.init(jax.random.key(0), jnp.ones(5))
+    rows = np.ones((6, 5), np.float32)
+    rows[1, 4] = np.inf
+    rows[2, 0] = -np.inf
+    rows[3, 2] = np.nan
+    rows[4] = 3e38  # finite; the sum of the row overflows, Σ 0·x does not
+    rows[5, 1] = -0.0
+    for dtype in (jnp.float32, jnp.bfloat16):
+        population = jnp.asarray(rows, dtype)
+        masked, fitness, finite = jax.jit(mask_non_finite)(state, population, jnp.arange(6.0))
+        np.testing.assert_array_equal(finite, [True, False, False, False, True, True])
+        np.testing.assert_array_equal(np.isnan(fitness), [False, True, True, True, False, False])
+        assert bool(jnp.all(jnp.isfinite(masked)))
+        np.testing.assert_array_equal(masked[4], population[4])
