@@ -179,3 +179,41 @@ def test_a_bad_noise_section_names_its_key_path(noise, message):
 
     with pytest.raises((TypeError, ValueError), match=message):
         build_strategy({"name": "low_rank_es", "population_size": 8, "noise": noise})
+
+
+def test_block_layout_is_one_contiguous_disjoint_read_that_agrees_with_sample():
+    """A draw that names its rows (OpenAI-ES: n/2 antithetic rows) reads them as consecutive,
+    disjoint slices of one block: block == slices member by member, no entry is shared within
+    the draw, and OpenAI-ES's ask (the block) equals its decomposition's sample (the sharded
+    path, member by member) exactly, mirrored pairs included."""
+    table, rows, width = NoiseTable(2**16, seed=2), 48, 1000
+    population = 2 * rows
+    es = openai_es(population, sigma=0.5, noise=table)
+    state = es.init(jax.random.key(0), jnp.full(width, 2.0))
+    members = jnp.array([0, 7, 47, 48, 60, 95])
+
+    def draw():
+        key = jax.random.key(5)
+        block = table.block(key, rows, width)
+        some = table.slices(key, jnp.array([31, 2]), width, rows=rows)
+        offsets = table.offsets(key, jnp.arange(rows), width, rows=rows)
+        asked, _ = es.ask(key, state)
+        sampled = es.capabilities.decomposition.sample(key, state, members)
+        return block, some, offsets, asked, sampled
+
+    block, some, offsets, asked, sampled = _jit(draw)()
+    offsets = np.asarray(offsets)
+    np.testing.assert_array_equal(np.diff(offsets), width)  # consecutive, disjoint
+    assert offsets[0] >= 0 and offsets[-1] + width <= table.size
+    values = np.asarray(table.values)
+    np.testing.assert_array_equal(
+        block, values[offsets[0] : offsets[0] + rows * width].reshape(rows, width)
+    )
+    np.testing.assert_array_equal(some, np.asarray(block)[[31, 2]])
+    np.testing.assert_array_equal(asked[members], sampled)
+    # Mirrored: x_{i+n/2} - θ = -(x_i - θ), to the rounding of θ ± σε.
+    np.testing.assert_allclose(asked[rows:] - 2.0, -(asked[:rows] - 2.0), atol=1e-6)
+    # A draw too large for one block falls back to independent offsets, and block refuses it.
+    assert not table.fits(100, 1000)
+    with pytest.raises(ValueError, match="size=65536"):
+        table.block(jax.random.key(0), 100, 1000)

@@ -29,6 +29,10 @@ shared-seed idea).
 Noise table. With ``noise=esjax.prng.NoiseTable(...)`` member ``i``'s ``ε_i`` is a slice of that
 shared Gaussian table at an offset drawn from ``(key, i)`` (Salimans et al.'s noise table, read
 from memory instead of computed); the default ``noise=None`` draws Threefry normals as above.
+When the generation's ``n/2`` antithetic rows fit the table as one block (``n/2 · num_dims <=
+size``), they are consecutive, disjoint slices from one start drawn from the key (the table's
+block layout): ``ask`` reads them with one contiguous slice, the sharded ``sample`` member by
+member, and both give the same rows.
 """
 
 from __future__ import annotations
@@ -145,7 +149,9 @@ def perturbations(
         base, sign = indices % half, jnp.where(indices < half, 1.0, -1.0)
     else:
         base, sign = indices, jnp.ones(indices.shape)
-    return sign.astype(dtype)[:, None] * member_normals(key, base, num_dims, dtype, table)
+    rows = half if antithetic else population_size  # the draw's distinct rows (table layout)
+    noise = member_normals(key, base, num_dims, dtype, table, rows)
+    return sign.astype(dtype)[:, None] * noise
 
 
 def check_estimator_arguments(
@@ -277,6 +283,16 @@ def openai_es(
         return state.mean + state.sigma * noise
 
     def ask(key: jax.Array, state: OpenAIESState) -> tuple[jax.Array, OpenAIESState]:
+        rows = population_size // 2 if antithetic else population_size
+        if table is not None and table.fits(rows, state.num_dims):
+            # The draw as one contiguous block of the table (the rows sample() gives members
+            # 0 … rows - 1). Mirrored by broadcasting against the signs (+1, -1) and folding
+            # the leading axis: a concatenation would keep XLA from fusing the read.
+            noise = table.block(key, rows, state.num_dims, state.mean.dtype)
+            if antithetic:
+                signs = jnp.array([1.0, -1.0], noise.dtype)[:, None, None]
+                noise = (signs * noise[None]).reshape(population_size, state.num_dims)
+            return state.mean + state.sigma * noise, state
         if not antithetic or table is not None:
             # A table slice is read, not computed: reading each mirrored pair's slice twice is
             # cheaper than concatenating (XLA's CPU backend fuses a gather into a
