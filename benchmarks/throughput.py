@@ -329,9 +329,9 @@ def _rows(indices) -> int:
     return int(jnp.shape(indices)[0])
 
 
-def _jax_random_normals(key, indices, num_dims, dtype=jnp.float32, table=None):
+def _jax_random_normals(key, indices, num_dims, dtype=jnp.float32, table=None, rows=None):
     if table is not None:  # a noise table is its own generator: left as it is
-        return esjax.prng.member_normals(key, indices, num_dims, dtype, table)
+        return esjax.prng.member_normals(key, indices, num_dims, dtype, table, rows)
     return jax.random.normal(key, (_rows(indices), num_dims), dtype)
 
 
