@@ -206,7 +206,7 @@ class Chunks:
     ):
         self.step_fn = step_fn
         self.key = key
-        self.counter = (lambda state: state.generation) if counter is None else counter
+        self.counter = counter  # None: scan_steps's default, state.generation
         self.metrics = metrics
         self.ahead_of_time = ahead_of_time
         self.cache = {} if cache is None else cache

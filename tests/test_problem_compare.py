@@ -201,6 +201,12 @@ def test_own_function_beside_the_config_through_the_cli(tmp_path, capsys):
             ["problem 'rastrigin'", "'num_dim' -> 'num_dims'"],
         ),
         ({"checkpoint_every": 0}, ValueError, ["checkpoint_every"]),
+        (
+            {"problem": {"name": "rastrigin", "function": "m:f", "num_dims": 3}},
+            ValueError,
+            ["'problem'", "exactly one of 'name'", "'function'"],
+        ),
+        ({"problem": {"num_dims": 3}}, ValueError, ["'problem'", "exactly one of 'name'"]),
     ],
 )
 def test_bad_configs_name_the_key_path(change, error, words):
@@ -208,6 +214,14 @@ def test_bad_configs_name_the_key_path(change, error, words):
         parse_problem_comparison(config(**change))
     for word in words:
         assert word in str(raised.value)
+
+
+@pytest.mark.parametrize("problem", [{"num_dims": 3}, {"name": "sphere", "function": "m:f"}])
+def test_a_run_config_needs_exactly_one_of_name_and_function(problem):
+    # The same parse-time check as a problem comparison's (setup.check_problem_section).
+    raw = {"name": "r", "strategy": {"name": "pso"}, "problem": problem, "generations": 2}
+    with pytest.raises(ValueError, match="'problem' needs exactly one of 'name'"):
+        parse_config(raw)
 
 
 def test_steps_and_methods_overrides():

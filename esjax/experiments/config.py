@@ -162,12 +162,7 @@ def parse_config(raw: dict, config_dir: str | Path | None = None) -> ExperimentC
             check_int(optional, getattr(config, optional), 1)
     if "name" not in config.strategy:
         raise ValueError("config section 'strategy' needs a 'name'")
-    if ("name" in config.problem) == ("function" in config.problem):
-        raise ValueError(
-            "config section 'problem' needs exactly one of 'name' (a built-in problem) or "
-            "'function' (your own, 'module:attribute')"
-        )
-    check_problem_section(config.problem)  # names and keys, before a run folder is made
+    check_problem_section(config.problem)  # name or function, keys: before a run folder is made
     validate_strategy_section(config.strategy, config_dir=config.config_dir)
     if "loss" in config.problem:
         nn.check_loss_kind(

@@ -175,15 +175,6 @@ def _parse_seeds(raw: dict) -> tuple[int, ...]:
     return (check_int("seed", raw.get("seed", 0), *SEED_RANGE),)
 
 
-def _check_problem(problem: dict) -> None:
-    if ("name" in problem) == ("function" in problem):
-        raise ValueError(
-            "config section 'problem' needs exactly one of 'name' (a built-in problem) or "
-            "'function' (your own, 'module:attribute')"
-        )
-    check_problem_section(problem)  # names and keys, before anything is built
-
-
 def _parse_method(
     raw: Any,
     where: str,
@@ -268,7 +259,7 @@ def parse_problem_comparison(
     )
     config_dir = None if config_dir is None else str(config_dir)
     check_run_name(raw["name"])
-    _check_problem(raw["problem"])
+    check_problem_section(raw["problem"])  # name or function, keys: before anything is built
     seeds = _parse_seeds(raw)
     defaults = {
         "generations": None

@@ -115,7 +115,12 @@ def check_problem_section(section: dict) -> tuple[str, dict]:
     """``(name, builder arguments)`` of a config's ``problem`` section, its name and keys
     checked without building anything (configs call it when they are parsed, so a typo fails
     before a run folder is made); unknown names/keys list the valid ones."""
-    if "function" in section and "name" not in section:
+    if ("name" in section) == ("function" in section):
+        raise ValueError(
+            "config section 'problem' needs exactly one of 'name' (a built-in problem) or "
+            "'function' (your own, 'module:attribute')"
+        )
+    if "function" in section:
         section = {"name": "function", **section}
     name = section.get("name")
     if name not in PROBLEMS:
