@@ -125,6 +125,11 @@ def weighted_deviation_sum(
     return total.astype(dtype)
 
 
+def distinct_rows(population_size: int, antithetic: bool) -> int:
+    """The noise rows a generation draws: ``n/2`` mirrored pairs, or ``n`` (a table's block)."""
+    return population_size // 2 if antithetic else population_size
+
+
 def perturbations(
     key: jax.Array,
     indices: jax.Array,
@@ -149,7 +154,7 @@ def perturbations(
         base, sign = indices % half, jnp.where(indices < half, 1.0, -1.0)
     else:
         base, sign = indices, jnp.ones(indices.shape)
-    rows = half if antithetic else population_size  # the draw's distinct rows (table layout)
+    rows = distinct_rows(population_size, antithetic)  # the table's block layout
     noise = member_normals(key, base, num_dims, dtype, table, rows)
     return sign.astype(dtype)[:, None] * noise
 
@@ -283,7 +288,7 @@ def openai_es(
         return state.mean + state.sigma * noise
 
     def ask(key: jax.Array, state: OpenAIESState) -> tuple[jax.Array, OpenAIESState]:
-        rows = population_size // 2 if antithetic else population_size
+        rows = distinct_rows(population_size, antithetic)
         if table is not None and table.fits(rows, state.num_dims):
             # The draw as one contiguous block of the table (the rows sample() gives members
             # 0 … rows - 1). Mirrored by broadcasting against the signs (+1, -1) and folding
@@ -337,6 +342,7 @@ def openai_es(
 
 __all__ = [
     "check_estimator_arguments",
+    "distinct_rows",
     "estimator_step",
     "shaped_fitness",
     "OpenAIESParams",
