@@ -29,7 +29,12 @@ in the same run are the robust numbers).
    ES, OpenAI-ES and OpenAI-ES with a noise table, each for ``--accuracy-seconds`` of training.
 3. **Noise table**: OpenAI-ES at population 1,024 × 10,000 dimensions on the sphere, generated
    normals against slices of a 2²⁵-float :class:`esjax.prng.NoiseTable`; generations per second
-   and compile seconds (the table is a constant of the compiled program).
+   and compile seconds (the table is a constant of the compiled program). Each call runs one
+   generation, so it also pays for allocating that generation's temporaries (the 40 MB
+   population among them; glibc maps buffers above 32 MiB afresh, page faults included, on
+   every call). ``benchmarks/throughput.py --grid noise-table`` times the same generations in
+   their steady state inside one compiled loop (as runs execute them), against evosax's
+   Open_ES in the same run.
 
     python benchmarks/low_rank.py                 # CPU, ~15 minutes on 2 loaded cores
     python benchmarks/low_rank.py --population 256 1024 4096
@@ -247,13 +252,12 @@ def noise_table_section(repeats: int, population=1024, dims=10_000) -> list[dict
             jax.random.key(repeat), state
         )
         jax.block_until_ready(calls[name](0))
-    # The draw alone: the 512 x 10,000 antithetic normals, generated or read, summed over
-    # members in the same program so nothing population-sized is written out.
+    # The draw alone: the 512 x 10,000 antithetic normals, generated or read (as ask reads
+    # them: one block of the table), summed over members in the same program so nothing
+    # population-sized is written out.
     draws = {
         "draw_generated": lambda key: member_normals(key, jnp.arange(population // 2), dims),
-        "draw_table_2^25": lambda key: member_normals(
-            key, jnp.arange(population // 2), dims, table=table
-        ),
+        "draw_table_2^25": lambda key: table.block(key, population // 2, dims),
     }
     for name, draw in draws.items():
         program, seconds, temp = _compiled(

@@ -38,6 +38,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
+import functools  # noqa: E402
 import importlib  # noqa: E402
 import importlib.util  # noqa: E402
 import math  # noqa: E402
@@ -57,6 +58,7 @@ SIGMA = 0.05
 LEARNING_RATE = 0.01
 DEFAULT_GENERATOR = "esjax.prng"
 HALF_POPULATION = "population_size // 2"  # an option value resolved per row
+NOISE_TABLE = "NoiseTable(2**25, seed=0)"  # likewise: the table, built once per process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +122,12 @@ NOTES = {
         "each generation (the strategy contract; the next row shows its cost). Neither "
         "library's generator dominates here (2 uniforms per particle): this is the "
         "like-for-like PSO row."
+    ),
+    "noise_table": (
+        "esjax.openai_es(noise=esjax.prng.NoiseTable(2**25, seed=0)): the same estimator with "
+        "each generation's 512 antithetic rows read as one block of a shared 2^25-float "
+        "Gaussian table (128 MiB, built once, outside the timing) instead of generated. The "
+        "first row of the group is the same strategy with generated (Threefry) normals."
     ),
     "cma_lazy": (
         "esjax's default refreshes the eigendecomposition of C lazily, as pycma does: every "
@@ -266,6 +274,17 @@ GRIDS: dict[str, list[Group]] = {
         ),
         *_new_strategies(big=False),
     ],
+    # OpenAI-ES with a noise table against its own generated noise and evosax's Open_ES:
+    # python benchmarks/throughput.py --grid noise-table --repeats 15
+    "noise-table": [
+        _group(
+            "openai_es",
+            1024,
+            10_000,
+            _default("openai_es"),
+            Variant("openai_es, noise table", _options(noise=NOISE_TABLE), note="noise_table"),
+        )
+    ],
     # CMA-ES where evosax's eigendecomposition every generation dominates (~3.5 s on 2 cores):
     # python benchmarks/throughput.py --grid cpu-large --short 1 --long 4 --repeats 5
     #     --evaluation-seeds 0
@@ -318,8 +337,20 @@ def esjax_kwargs(name: str, population_size: int, num_dims: int, options: dict) 
     elif name in ("cma_es", "sep_cma_es", "pgpe", "snes", "xnes", "lm_ma_es", "simple_ga"):
         kwargs.update(sigma=SIGMA)
     for key, value in options.items():
-        kwargs[key] = population_size // 2 if value == HALF_POPULATION else value
+        if value == HALF_POPULATION:
+            value = population_size // 2
+        elif value == NOISE_TABLE:
+            value = noise_table()
+        kwargs[key] = value
     return kwargs
+
+
+@functools.cache
+def noise_table() -> esjax.prng.NoiseTable:
+    """The table of the ``NOISE_TABLE`` rows, built (and its values computed) once."""
+    table = esjax.prng.NoiseTable(2**25, seed=0)
+    table.values.block_until_ready()
+    return table
 
 
 # --- jax.random in place of esjax.prng (this script only) -------------------------------------
@@ -404,7 +435,7 @@ def non_finite_check(enabled: bool) -> Iterator[None]:
     base = importlib.import_module("esjax.base")
     original = base.mask_non_finite
 
-    def unchecked(state, population, fitness):
+    def unchecked(state, population, fitness, copy_rows=True):
         return population, fitness, jnp.ones(population.shape[0], bool)
 
     base.mask_non_finite = unchecked

@@ -101,6 +101,13 @@ class Decomposition(NamedTuple):
       apply: ``(state, totals, fitness) -> state``: the update from the summed statistics.
       scalars: optional ``(state, members) -> (k,)`` per-member values that ``weights`` needs
         besides fitness (gathered with it; e.g. ``‖x_i‖²`` for weight decay).
+      needs_finite_rows: ``True`` (default): a member whose row is not finite reaches
+        ``scalars`` and ``statistics`` replaced by the best solution so far (a population-sized
+        copy in every ``tell``). ``False``: rows arrive as told, non-finite ones included, with
+        weight exactly zero (and scalar zero); ``statistics`` must then give a zero-weight row no
+        influence even when it holds inf or NaN (``0 · inf`` is NaN in a plain product), and
+        ``scalars`` may be NaN for it. Saves the copy: a fifth of an OpenAI-ES generation with a
+        noise table at 1,024 × 10k.
     """
 
     sample: Callable[[jax.Array, Any, jax.Array], jax.Array]
@@ -108,6 +115,7 @@ class Decomposition(NamedTuple):
     statistics: Callable[[Any, jax.Array, jax.Array], PyTree]
     apply: Callable[[Any, PyTree, jax.Array], Any]
     scalars: Callable[[Any, jax.Array], jax.Array] | None = None
+    needs_finite_rows: bool = True
 
 
 class Capabilities(NamedTuple):
@@ -297,7 +305,8 @@ def make_strategy(
         else:
             fitness = check_residuals(fitness, population_size)
         check_population(population, population_size, state.num_dims)
-        population, fitness, rows_finite = mask_non_finite(state, population, fitness)
+        copy_rows = decomposition is None or decomposition.needs_finite_rows
+        population, fitness, rows_finite = mask_non_finite(state, population, fitness, copy_rows)
         if decomposition is None:
             told = algorithm_update(state, population, fitness)
         else:
@@ -328,18 +337,20 @@ def make_strategy(
 
 
 def mask_non_finite(
-    state: StrategyState, population: jax.Array, fitness: jax.Array
+    state: StrategyState, population: jax.Array, fitness: jax.Array, copy_rows: bool = True
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Members whose row or fitness is non-finite carry no information: their rows become the
-    best solution so far (finite) and their fitness NaN.
+    """Members whose row or fitness is non-finite carry no information: their fitness becomes
+    NaN and, with ``copy_rows``, their rows the best solution so far (finite).
 
     Returns ``(population, fitness, rows_finite)``; ``fitness`` may be ``(n,)`` or ``(n, m)``.
+    Without ``copy_rows`` the population is returned as given (no population-sized copy).
     """
     # Σ_j 0·x_ij is 0 for a finite row and NaN as soon as one entry is ±inf or NaN: one fast
     # float reduction instead of a boolean array the size of the population (which XLA's CPU
     # backend materialises and reduces slowly: a tenth of an OpenAI-ES generation at 1,024 × 10k).
     rows_finite = jnp.isfinite(jnp.sum(population * jnp.zeros((), population.dtype), axis=1))
-    population = jnp.where(rows_finite[:, None], population, state.best_solution)
+    if copy_rows:
+        population = jnp.where(rows_finite[:, None], population, state.best_solution)
     mask = rows_finite.reshape(rows_finite.shape + (1,) * (fitness.ndim - 1))
     return population, jnp.where(mask, fitness, jnp.nan), rows_finite
 
@@ -352,9 +363,20 @@ def decomposed_update(
     rows_finite: jax.Array,
 ) -> StrategyState:
     """``tell`` of a decomposed strategy on one device: every member's statistics, summed."""
-    scalars = None if decomposition.scalars is None else decomposition.scalars(state, population)
+    scalars = member_scalars(decomposition, state, population, rows_finite)
     weights = member_weights(decomposition, state, fitness, scalars, rows_finite)
     return decomposition.apply(state, decomposition.statistics(state, population, weights), fitness)
+
+
+def member_scalars(
+    decomposition: Decomposition, state: StrategyState, members: jax.Array, rows_finite: jax.Array
+) -> jax.Array | None:
+    """The decomposition's per-member scalars (``None`` when it declares none), zero for members
+    whose row was not finite (which, without ``needs_finite_rows``, may hold inf or NaN)."""
+    if decomposition.scalars is None:
+        return None
+    scalars = decomposition.scalars(state, members)
+    return jnp.where(rows_finite, scalars, jnp.zeros((), scalars.dtype))
 
 
 def member_weights(
@@ -549,6 +571,7 @@ __all__ = [
     "decomposed_update",
     "make_strategy",
     "mask_non_finite",
+    "member_scalars",
     "member_weights",
     "params_to_arrays",
     "record",

@@ -86,6 +86,7 @@ from esjax.base import (
     check_fitness,
     check_int,
     mask_non_finite,
+    member_scalars,
     member_weights,
     record,
 )
@@ -249,11 +250,12 @@ def _decomposed_generation(
             fitness_fn, members, state.spec, key=eval_key, batch_size=batch_size
         )
         fitness = check_fitness(fitness, per_device)
-        members, fitness, rows_finite = mask_non_finite(state, members, fitness)
-        if decomposition.scalars is None:
+        members, fitness, rows_finite = mask_non_finite(
+            state, members, fitness, decomposition.needs_finite_rows
+        )
+        scalars = member_scalars(decomposition, state, members, rows_finite)
+        if scalars is None:
             scalars = jnp.zeros(per_device, members.dtype)
-        else:
-            scalars = decomposition.scalars(state, members)
         gathered = jax.lax.all_gather(
             (fitness, scalars, rows_finite), axis, tiled=True, to="invarying"
         )

@@ -319,7 +319,9 @@ def lm_ma_es(
         state_type=LMMAESState,
         init=init,
         info=info,
-        capabilities=Capabilities(decomposition=Decomposition(sample, weights, statistics, apply)),
+        capabilities=Capabilities(
+            decomposition=Decomposition(sample, weights, statistics, apply, needs_finite_rows=False)
+        ),
     )
 
 

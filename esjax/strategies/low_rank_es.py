@@ -316,7 +316,11 @@ def low_rank_es(
         init=init,
         ask=ask,
         info=lambda state: {"sigma": state.sigma},
-        capabilities=Capabilities(decomposition=Decomposition(sampler, weights, statistics, apply)),
+        capabilities=Capabilities(
+            decomposition=Decomposition(
+                sampler, weights, statistics, apply, needs_finite_rows=False
+            )
+        ),
     )
 
 

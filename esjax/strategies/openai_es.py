@@ -102,19 +102,25 @@ def weighted_deviation_sum(
     block is one matrix-vector product. Subtracting ``θ`` before the product (not ``Σ w_i θ``
     after it) keeps the precision of ``σ ε_i`` when ``|θ| >> σ``; the block sums are added in
     float32 or wider and rounded to the result's dtype once.
+
+    A member of weight exactly zero adds nothing even when its row holds inf or NaN (its
+    deviation is taken as zero, fused into the subtraction), so the strategies that sum with
+    this function declare ``needs_finite_rows=False`` and ``tell`` skips the masked copy.
     """
     dtype = jnp.result_type(weights, members, mean)
     n = members.shape[0]
     rows = -(-n // num_chunks)
-    if rows >= n:  # one member (or one chunk)
-        return weights @ (members - mean)
-    blocks = n // rows
     wide = jnp.promote_types(dtype, jnp.float32)
 
     def block_sum(first, count):
         block = jax.lax.dynamic_slice_in_dim(members, first, count)
         block_weights = jax.lax.dynamic_slice_in_dim(weights, first, count)
-        return jnp.matmul(block_weights, block - mean, preferred_element_type=wide)
+        deviations = jnp.where((block_weights != 0)[:, None], block - mean, jnp.zeros((), dtype))
+        return jnp.matmul(block_weights, deviations, preferred_element_type=wide)
+
+    if rows >= n:  # one member (or one chunk)
+        return block_sum(0, n).astype(dtype)
+    blocks = n // rows
 
     # Zeros shaped like a member, so the sum has the members' type (device-varying inside
     # shard_map), not the mean's.
@@ -335,7 +341,9 @@ def openai_es(
         ask=ask,
         info=lambda state: {"sigma": state.sigma},
         capabilities=Capabilities(
-            decomposition=Decomposition(sample, weights, statistics, apply, squared_norms)
+            decomposition=Decomposition(
+                sample, weights, statistics, apply, squared_norms, needs_finite_rows=False
+            )
         ),
     )
 
