@@ -393,32 +393,46 @@ def test_mask_non_finite_flags_exactly_the_rows_with_a_non_finite_entry():
         np.testing.assert_array_equal(masked[4], population[4])
 
 
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda: esjax.openai_es(8, sigma=0.1, weight_decay=0.01),
-        lambda: esjax.openai_es(8, sigma=0.1, noise=esjax.prng.NoiseTable(2**12, seed=0)),
-        lambda: esjax.lm_ma_es(8, sigma=0.3),
-        lambda: esjax.low_rank_es(8, sigma=0.1),
-    ],
-    ids=["openai_es", "openai_es_table", "lm_ma_es", "low_rank_es"],
-)
-def test_a_strategy_without_the_row_copy_ignores_non_finite_rows_exactly(make):
+WITHOUT_ROW_COPY = {
+    "openai_es": lambda: esjax.openai_es(8, sigma=0.1, weight_decay=0.01),
+    "openai_es_table": lambda: esjax.openai_es(
+        8, sigma=0.1, noise=esjax.prng.NoiseTable(2**12, seed=0)
+    ),
+    "lm_ma_es": lambda: esjax.lm_ma_es(8, sigma=0.3),
+    "low_rank_es": lambda: esjax.low_rank_es(8, sigma=0.1),
+    "pgpe": lambda: esjax.pgpe(8, sigma=0.1),
+    "snes": lambda: esjax.snes(8, sigma=0.1),
+    "sep_cma_es": lambda: esjax.sep_cma_es(8, sigma=0.3),
+    "simple_ga": lambda: esjax.simple_ga(8, sigma=0.1),
+    "hill_climbing": lambda: esjax.hill_climbing(8, sigma=0.1),
+    "random_search": lambda: esjax.random_search(8, sigma=0.1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WITHOUT_ROW_COPY))
+def test_a_strategy_without_the_row_copy_ignores_non_finite_rows_exactly(name):
     """``needs_finite_rows=False``: ``tell`` hands the rows on as told (no masked copy of the
-    population), so an inf or NaN row must add nothing: the update is bit for bit the one where
-    those rows hold finite values and NaN fitness (what the copy would have given)."""
-    es = make()
-    assert es.capabilities.decomposition.needs_finite_rows is False
+    population), so an inf or NaN row must add nothing: the state is bit for bit the one the
+    copy gives (those rows replaced by the best solution, their weight zero)."""
+    from esjax.base import decomposed_update, mask_non_finite, record
+
+    es = WITHOUT_ROW_COPY[name]()
+    decomposition = es.capabilities.decomposition
+    assert decomposition.needs_finite_rows is False
+
+    def tell_with_the_copy(state, population, fitness):
+        population, fitness, finite = mask_non_finite(state, population, fitness, copy_rows=True)
+        told = decomposed_update(decomposition, state, population, fitness, finite)
+        return record(state, told, population, fitness, es.population_size)
+
     state = es.init(KEY, {"w": jnp.ones((3, 2)), "b": jnp.full(2, 0.5)})
-    population, state = es.ask(jax.random.key(1), state)
-    fitness = jnp.sum(population**2, axis=1).at[1].set(-5.0)  # a broken row claims to be best
-    broken = population.at[1, 2].set(jnp.inf).at[5, 0].set(jnp.nan).at[6, 7].set(-jnp.inf)
-    finite = jnp.stack(
-        [population[i] if i not in (1, 5, 6) else state.best_solution for i in range(8)]
-    )
-    tell = jax.jit(es.tell)
-    told = tell(state, broken, fitness)
-    expected = tell(state, finite, fitness.at[jnp.array([1, 5, 6])].set(jnp.nan))
-    jax.tree.map(np.testing.assert_array_equal, told, expected)
-    assert bool(jnp.all(jnp.isfinite(told.mean)))
-    assert float(told.best_fitness) > 0
+    for generation in range(2):  # the second one has a best solution away from the mean
+        population, state = es.ask(jax.random.key(generation), state)
+        fitness = jnp.sum(population**2, axis=1).at[1].set(-5.0)  # a broken row claims to be best
+        broken = population.at[1, 2].set(jnp.inf).at[5, 0].set(jnp.nan).at[6, 7].set(-jnp.inf)
+        told = jax.jit(es.tell)(state, broken, fitness)
+        expected = jax.jit(tell_with_the_copy)(state, broken, fitness)
+        jax.tree.map(np.testing.assert_array_equal, told, expected)
+        assert bool(jnp.all(jnp.isfinite(getattr(told, es.capabilities.solution))))
+        assert 0 < float(told.best_fitness) < np.inf
+        state = told

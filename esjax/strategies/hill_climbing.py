@@ -231,6 +231,8 @@ def hill_climbing(
     def statistics(state: HillClimbingState, members: jax.Array, weights: jax.Array) -> jax.Array:
         # Σ_i w_i y_i with a one-hot w is the best offspring itself. HIGHEST precision: a
         # reduced-precision matmul (TF32 on GPUs) would round the row it should copy.
+        # A zero-weight row (possibly non-finite: needs_finite_rows=False) adds nothing.
+        members = jnp.where((weights != 0)[:, None], members, jnp.zeros((), members.dtype))
         return jnp.matmul(weights, members, precision=jax.lax.Precision.HIGHEST)
 
     def apply(
@@ -304,7 +306,9 @@ def hill_climbing(
         capabilities=Capabilities(
             solution="best_solution",
             bounds=bounds,
-            decomposition=Decomposition(sample, weights, statistics, apply),
+            decomposition=Decomposition(
+                sample, weights, statistics, apply, needs_finite_rows=False
+            ),
         ),
     )
 

@@ -125,6 +125,7 @@ def member_sums(
     members: jax.Array,
     weights: jax.Array,
     num_chunks: int = 8,
+    fill: jax.Array | None = None,
 ) -> PyTree:
     """``Σ`` over blocks of ``⌈k / num_chunks⌉`` members of ``fn(block, block_weights)``.
 
@@ -132,18 +133,25 @@ def member_sums(
     forms (deviations, their squares) are ``1/num_chunks`` of the population, not a second
     population-sized array. The first block starts the sum, so the total has the members' type
     (device-varying inside ``shard_map``).
+
+    With ``fill`` (a finite ``(num_dims,)`` row, e.g. the mean), the rows of weight exactly zero
+    reach ``fn`` as ``fill`` (fused into the block's read): a zero-weight row then adds nothing
+    even when it holds inf or NaN, so a strategy summing with it can declare
+    ``needs_finite_rows=False`` (``fn`` must give a row of weight zero a zero sum).
     """
     count = members.shape[0]
     rows = -(-count // num_chunks)
-    if rows >= count:
-        return fn(members, weights)
-    blocks = count // rows
 
     def block(first, size):
-        return fn(
-            jax.lax.dynamic_slice_in_dim(members, first, size),
-            jax.lax.dynamic_slice_in_dim(weights, first, size),
-        )
+        block_members = jax.lax.dynamic_slice_in_dim(members, first, size)
+        block_weights = jax.lax.dynamic_slice_in_dim(weights, first, size)
+        if fill is not None:
+            block_members = jnp.where((block_weights != 0)[:, None], block_members, fill)
+        return fn(block_members, block_weights)
+
+    if rows >= count:
+        return block(0, count)
+    blocks = count // rows
 
     def add(total, more):
         return jax.tree_util.tree_map(jnp.add, total, more)
@@ -289,7 +297,7 @@ def pgpe(
                 "spread": block_weights @ (jnp.square(deviations) - variance),
             }
 
-        return member_sums(block_sums, members, weights)
+        return member_sums(block_sums, members, weights, fill=state.mean)
 
     def apply(state: PGPEState, totals: dict, fitness: jax.Array) -> PGPEState:
         params = state.params
@@ -343,7 +351,9 @@ def pgpe(
         init=init,
         ask=ask,
         info=info,
-        capabilities=Capabilities(decomposition=Decomposition(sample, weights, statistics, apply)),
+        capabilities=Capabilities(
+            decomposition=Decomposition(sample, weights, statistics, apply, needs_finite_rows=False)
+        ),
     )
 
 

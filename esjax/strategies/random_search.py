@@ -134,7 +134,10 @@ def random_search(
         capabilities=Capabilities(
             solution="best_solution",
             bounds=bounds,
-            decomposition=Decomposition(sample, weights, statistics, apply),
+            # statistics reads the weights alone, never a row
+            decomposition=Decomposition(
+                sample, weights, statistics, apply, needs_finite_rows=False
+            ),
         ),
     )
 

@@ -175,7 +175,9 @@ def sep_cma_es(
         return jnp.zeros_like(by_rank).at[order].set(by_rank)
 
     def statistics(state: SepCMAESState, members: jax.Array, weights: jax.Array) -> dict:
-        steps = (members - state.mean) / state.sigma  # y_i
+        # y_i; a zero-weight row (possibly non-finite: needs_finite_rows=False) adds nothing.
+        steps = (members - state.mean) / state.sigma
+        steps = jnp.where((weights != 0)[:, None], steps, jnp.zeros((), steps.dtype))
         return {"step": weights @ steps, "squares": weights @ jnp.square(steps)}
 
     def apply(state: SepCMAESState, totals: dict, fitness: jax.Array) -> SepCMAESState:
@@ -233,7 +235,9 @@ def sep_cma_es(
         info=info,
         capabilities=Capabilities(
             termination=lambda state: info(state)["stop"],
-            decomposition=Decomposition(sample, weights, statistics, apply),
+            decomposition=Decomposition(
+                sample, weights, statistics, apply, needs_finite_rows=False
+            ),
         ),
     )
 

@@ -202,7 +202,12 @@ def simple_ga(
         init=init,
         info=info,
         capabilities=Capabilities(
-            solution="elite", decomposition=Decomposition(sample, weights, statistics, apply)
+            solution="elite",
+            # Unselected members (weight 0, non-finite rows among them) are summed into the
+            # discarded slot, so a non-finite row never reaches a selected one.
+            decomposition=Decomposition(
+                sample, weights, statistics, apply, needs_finite_rows=False
+            ),
         ),
     )
 

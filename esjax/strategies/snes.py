@@ -197,7 +197,7 @@ def snes(
                 "sigma": block_weights @ (jnp.square(s) - 1),  # ∇_σ
             }
 
-        return member_sums(block_sums, members, weights)
+        return member_sums(block_sums, members, weights, fill=state.mean)
 
     def apply(state: SNESState, totals: dict, fitness: jax.Array) -> SNESState:
         params = state.params
@@ -225,7 +225,9 @@ def snes(
         state_type=SNESState,
         init=init,
         info=info,
-        capabilities=Capabilities(decomposition=Decomposition(sample, weights, statistics, apply)),
+        capabilities=Capabilities(
+            decomposition=Decomposition(sample, weights, statistics, apply, needs_finite_rows=False)
+        ),
     )
 
 
